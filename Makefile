@@ -1,0 +1,46 @@
+# Every set-up step lives here: `make quickstart` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+UNSLOTH_VERSION := 2026.10.9
+STAMP := $(VENV)/.installed
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup quickstart test lint clean assets
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install everything (quick when already done)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build where a CPU wheel is at hand
+	$(PY) -m pip install -q torch==2.13.0
+ifeq ($(HAS_CUDA),1)
+	$(PY) -m pip install -q -e ".[gpu,dev]"
+else
+	$(PY) -m pip install -q -e ".[unsloth-cpu,dev]"
+	# Unsloth's CPU backend: without its GPU-only dependencies, which cannot install or run here
+	$(PY) -m pip install -q --no-deps unsloth==$(UNSLOTH_VERSION) unsloth_zoo==$(UNSLOTH_VERSION)
+endif
+	touch $(STAMP)
+
+quickstart: setup ## fine-tune the tiny offline model on CPU and print the summary
+	$(PY) -m pipeline.train experiment=quickstart
+
+test: setup ## run the whole test suite (configs, units, end to end)
+	$(PY) -m pytest -q
+
+lint: setup ## ruff
+	$(PY) -m ruff check pipeline tests tools
+
+assets: setup ## rebuild the shipped tiny model and sample data (deterministic)
+	$(PY) tools/make_tiny_data.py
+	$(PY) tools/make_tiny_model.py
+
+clean: ## remove run outputs (keeps .venv)
+	rm -rf outputs multirun wandb _unsloth_sentencepiece_temp unsloth_compiled_cache

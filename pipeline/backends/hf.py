@@ -1,0 +1,46 @@
+"""Plain Hugging Face backend: transformers + BitsAndBytesConfig, prepare_model_for_kbit_training, PEFT LoRA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.backends import bnb_config, lora_kwargs
+from pipeline.precision import Precision, compute_dtype
+
+
+def load(run: Any, precision: Precision) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quant = run.quantization
+    quantization_config = bnb_config(quant, compute_dtype(quant.compute_dtype, precision))
+    model = AutoModelForCausalLM.from_pretrained(
+        run.model.name,
+        dtype=precision.dtype,
+        quantization_config=quantization_config,
+        device_map={"": 0} if precision.device == "cuda" else None,
+        trust_remote_code=run.model.trust_remote_code,
+        revision=run.model.revision,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
+                                              trust_remote_code=run.model.trust_remote_code,
+                                              model_max_length=run.model.max_seq_length)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if quantization_config is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32, freezes the base, and sets up gradient checkpointing for k-bit training.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=run.trainer.gradient_checkpointing)
+    elif run.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def apply_lora(model: Any, run: Any, target_modules: list[str]) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(task_type="CAUSAL_LM", target_modules=list(target_modules),
+                        **lora_kwargs(run.lora))
+    return get_peft_model(model, config)

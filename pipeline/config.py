@@ -1,0 +1,242 @@
+"""The config schema (one dataclass per group), its registration with Hydra, and semantic validation.
+
+Hydra composes `conf/` on top of these dataclasses, so an unknown key or a wrong type fails at compose time.
+`to_runconfig` then checks values (ranges, choices, combinations) and returns typed objects: everything past
+this module sees dataclasses, never a DictConfig. This module must not import torch (`--cfg job` stays fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError, did_you_mean
+
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    max_seq_length: int = 2048
+    dtype: str = "auto"
+    chat_template: Optional[str] = None
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    architecture: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QuantizationConfig:
+    bits: int = 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    bias: str = "none"
+    use_rslora: bool = False
+    init_weights: str = "true"
+    target_modules: List[str] = field(default_factory=lambda: list(ROLES))
+    modules_to_save: Optional[List[str]] = None
+
+
+@dataclass
+class DataConfig:
+    source: Any = MISSING
+    subset: Optional[str] = None
+    split: str = "train"
+    format: str = "auto"
+    columns: Dict[str, str] = field(default_factory=dict)
+    loss_on: str = "responses"
+    val_size: float = 0.0
+    max_samples: Optional[int] = None
+    packing: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 2
+    per_device_eval_batch_size: int = 2
+    gradient_accumulation_steps: int = 4
+    warmup_steps: float = 0.03
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.01
+    optim: str = "auto"
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True
+    logging_steps: int = 1
+    eval_steps: Optional[int] = None
+    save_steps: int = 100
+    save_total_limit: Optional[int] = 2
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"
+    project: str = "llm-finetune"
+    entity: Optional[str] = None
+    mode: str = "auto"
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: Optional[str] = None
+    seed: int = 3407
+    backend: str = "unsloth"
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore: `train.yaml` extends `schema`, each group file extends its node."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=TrainConfig)
+    for group, node in [("model", ModelConfig), ("quantization", QuantizationConfig), ("lora", LoraConfig),
+                        ("data", DataConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig)]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def field_names(dotted_parent: str) -> list[str]:
+    """The keys the schema allows under a dotted parent, for 'did you mean' hints."""
+    node: Any = TrainConfig
+    for part in filter(None, dotted_parent.split(".")):
+        types = {f.name: f for f in dataclasses.fields(node)}
+        if part not in types or not dataclasses.is_dataclass(types[part].default_factory()):  # type: ignore[misc]
+            return []
+        node = type(types[part].default_factory())  # type: ignore[misc]
+    return [f.name for f in dataclasses.fields(node)]
+
+
+# --- semantic checks: values that type-check but make no sense ------------------------------------------------
+
+CHOICES: Dict[str, tuple] = {
+    "backend": ("unsloth", "hf"),
+    "model.dtype": ("auto", "bfloat16", "float16", "float32"),
+    "quantization.bits": (4, 8, 16),
+    "quantization.quant_type": ("nf4", "fp4"),
+    "quantization.compute_dtype": ("auto", "bfloat16", "float16", "float32"),
+    "lora.bias": ("none", "all", "lora_only"),
+    "lora.init_weights": ("true", "false", "gaussian", "loftq", "corda", "pissa", "olora"),
+    "data.format": ("auto", "messages", "alpaca", "sharegpt", "text", "prompt_completion"),
+    "data.loss_on": ("responses", "all"),
+    "trainer.lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                  "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+                                  "cosine_with_min_lr", "warmup_stable_decay"),
+    "trainer.optim": ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit",
+                      "paged_adamw_32bit", "adafactor", "sgd", "lion_8bit", "paged_lion_8bit"),
+    "logger.kind": ("wandb", "none"),
+    "logger.mode": ("auto", "online", "offline", "disabled"),
+}
+
+# (key, predicate, what must hold) — the predicate gets the value.
+RANGES: List[tuple[str, Callable[[Any], bool], str]] = [
+    ("model.max_seq_length", lambda v: v >= 8, "must be at least 8"),
+    ("lora.r", lambda v: v >= 1, "must be a positive integer (typical: 8, 16, 32, 64)"),
+    ("lora.alpha", lambda v: v >= 1, "must be a positive integer (typical: equal to r or 2 * r)"),
+    ("lora.dropout", lambda v: 0.0 <= v < 1.0, "must be in [0, 1) (0 keeps Unsloth's fast path)"),
+    ("lora.target_modules", lambda v: len(v) > 0, "must name at least one module or role"),
+    ("data.val_size", lambda v: v >= 0, "must be 0 (no eval split), a fraction in (0, 1) or a count >= 1"),
+    ("data.max_samples", lambda v: v is None or v >= 1, "must be null or at least 1"),
+    ("trainer.learning_rate", lambda v: 0 < v < 1, "must be in (0, 1) (typical for LoRA: 1e-4 to 5e-4)"),
+    ("trainer.num_train_epochs", lambda v: v > 0, "must be positive"),
+    ("trainer.max_steps", lambda v: v == -1 or v >= 1, "must be -1 (use epochs) or at least 1"),
+    ("trainer.per_device_train_batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.per_device_eval_batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.gradient_accumulation_steps", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.warmup_steps", lambda v: v >= 0, "must be >= 0 (a fraction of total steps when < 1)"),
+    ("trainer.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("trainer.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
+    ("trainer.logging_steps", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.eval_steps", lambda v: v is None or v >= 1, "must be null (once per epoch) or at least 1"),
+    ("trainer.save_steps", lambda v: v >= 1, "must be at least 1"),
+    ("trainer.save_total_limit", lambda v: v is None or v >= 1, "must be null (keep all) or at least 1"),
+]
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value that type-checks but cannot work."""
+    for key, choices in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(key, f"'{value}' is not allowed", did_you_mean(str(value), map(str, choices)))
+    for key, holds, must in RANGES:
+        value = _get(cfg, key)
+        if not holds(value):
+            raise ConfigError(key, f"{value} {must}", f"set {key} to a valid value")
+    for key in ("model.name", "data.source"):
+        if OmegaConf.is_missing(cfg, key) or _get(cfg, key) in (None, "", []):
+            raise ConfigError(key, "is not set", f"pick a preset ({key.split('.')[0]}=...) or give {key}=...")
+    _validate_combinations(cfg)
+
+
+def _validate_combinations(cfg: DictConfig) -> None:
+    if cfg.backend == "unsloth" and cfg.lora.init_weights in ("pissa", "olora"):
+        raise ConfigError("lora.init_weights", f"'{cfg.lora.init_weights}' is not supported by Unsloth",
+                          "use backend=hf, or init_weights true|gaussian|loftq|corda")
+    if cfg.data.val_size >= 1 and cfg.data.val_size != int(cfg.data.val_size):
+        raise ConfigError("data.val_size", f"{cfg.data.val_size} is neither a fraction below 1 nor a whole count",
+                          "give a fraction like 0.1 or a count like 50")
+
+
+def to_runconfig(cfg: DictConfig) -> TrainConfig:
+    """Validate and convert the composed config to typed dataclasses (what the rest of the pipeline sees)."""
+    validate(cfg)
+    run = OmegaConf.to_object(cfg)
+    assert isinstance(run, TrainConfig)
+    return run
+
+
+def to_plain_dict(cfg: DictConfig | TrainConfig) -> dict:
+    """A resolved, JSON-safe dict of the config with secrets removed (for files and W&B)."""
+    node = OmegaConf.structured(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return redact_secrets(OmegaConf.to_container(node, resolve=True, throw_on_missing=False))
+
+
+SECRET_WORDS = ("token", "api_key", "apikey", "password", "secret")
+
+
+def redact_secrets(value: Any) -> Any:
+    """Drop any key that looks like a credential, at any depth."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v) for k, v in value.items()
+                if not any(word in str(k).lower() for word in SECRET_WORDS)}
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    return value
+
+
+def _repo_path(relative: str) -> str:
+    """Absolute path of a file shipped in this repository, wherever the command runs from."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent.parent / relative)
+
+
+def register_resolvers() -> None:
+    """`${pipeline.repo_path:x}` for shipped assets; `${pipeline.suffix:name}` gives '_name' or ''."""
+    if not OmegaConf.has_resolver("pipeline.repo_path"):
+        OmegaConf.register_new_resolver("pipeline.repo_path", _repo_path)
+        OmegaConf.register_new_resolver("pipeline.suffix", lambda name: f"_{name}" if name else "")

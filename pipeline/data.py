@@ -1,0 +1,189 @@
+"""Datasets: load (local files or hub) -> normalize the format -> pick TRL's loss mask -> split.
+
+Everything is normalized to a form TRL's SFTTrainer consumes directly, so tokenization, chat templating,
+response-only masking and packing stay TRL's:
+  - conversations -> `messages` (+ `assistant_only_loss` when the template marks generations)
+                  -> or `prompt`/`completion` messages (+ `completion_only_loss`) when it does not;
+  - alpaca        -> `prompt`/`completion` messages;
+  - text          -> `text` (loss on every token).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+FORMAT_COLUMNS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "model": "assistant"}
+
+
+@dataclass
+class Datasets:
+    train: Any
+    eval: Any
+    format: str                 # the source format (after auto-detection)
+    assistant_only_loss: bool   # TRL masks everything but `{% generation %}` spans
+    completion_only_loss: bool  # TRL masks the prompt of prompt/completion samples
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+def _local_files(source: str) -> list[str] | None:
+    """The data files a local path, directory or glob names; None when `source` is not local."""
+    if any(ch in source for ch in "*?["):
+        return sorted(glob.glob(source, recursive=True))
+    if os.path.isdir(source):
+        return sorted(os.path.join(source, f) for f in os.listdir(source)
+                      if os.path.splitext(f)[1] in LOCAL_BUILDERS)
+    if os.path.isfile(source):
+        return [source]
+    if source.startswith((".", "/", "~")) or os.path.splitext(source)[1] in LOCAL_BUILDERS:
+        raise ConfigError("data.source", f"file not found: {source}", "check the path (relative to where you run)")
+    return None
+
+
+def load_source(data: Any) -> Any:
+    """One `datasets.Dataset` from data.source (a string or a list of them, concatenated)."""
+    from datasets import concatenate_datasets
+
+    sources = data.source if isinstance(data.source, list) else [data.source]
+    parts = [_load_one(str(s), data) for s in sources]
+    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    if data.columns:
+        dataset = dataset.rename_columns({old: new for new, old in data.columns.items()
+                                          if old in dataset.column_names})
+    if data.max_samples:
+        dataset = dataset.select(range(min(data.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ConfigError("data.source", "the dataset is empty", "point data.source at a file with samples")
+    return dataset
+
+
+def _load_one(source: str, data: Any) -> Any:
+    from datasets import load_dataset
+
+    files = _local_files(source)
+    if files is None:  # a hub dataset id
+        return load_dataset(source, data.subset, split=data.split)
+    if not files:
+        raise ConfigError("data.source", f"no data files match {source}",
+                          f"use {', '.join(sorted(LOCAL_BUILDERS))} files")
+    builder = LOCAL_BUILDERS.get(os.path.splitext(files[0])[1])
+    if builder is None:
+        raise ConfigError("data.source", f"cannot read {files[0]}",
+                          f"use one of {', '.join(sorted(LOCAL_BUILDERS))}")
+    return load_dataset(builder, data_files=files, split="train")
+
+
+# --- formats ---------------------------------------------------------------------------------------------------
+
+def detect_format(columns: list[str]) -> str:
+    for fmt, needed in FORMAT_COLUMNS.items():
+        if all(c in columns for c in needed):
+            return fmt
+    raise ConfigError("data.format", f"cannot tell the format from columns {columns}",
+                      "set data.format (and data.columns to rename columns)")
+
+
+def _check_columns(columns: list[str], fmt: str) -> None:
+    missing = [c for c in FORMAT_COLUMNS[fmt] if c not in columns]
+    if missing:
+        raise ConfigError("data.format", f"format '{fmt}' needs columns {list(FORMAT_COLUMNS[fmt])} but the "
+                          f"data has {columns}", "set data.format to match, or map columns with data.columns")
+
+
+def _alpaca_to_prompt_completion(row: dict) -> dict:
+    user = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    return {"prompt": [{"role": "user", "content": user}],
+            "completion": [{"role": "assistant", "content": row["output"]}]}
+
+
+def _sharegpt_to_messages(row: dict) -> dict:
+    return {"messages": [{"role": SHAREGPT_ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
+                         for turn in row["conversations"]]}
+
+
+def _messages_to_prompt_completion(row: dict) -> dict:
+    """Split off the last assistant turn: earlier turns become context, the last one carries the loss."""
+    messages = row["messages"]
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def has_generation_markers(tokenizer: Any) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "{% generation %}" in template or "{%- generation %}" in template
+
+
+def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any, bool, bool]:
+    """Rewrite rows into TRL's form; returns (dataset, assistant_only_loss, completion_only_loss)."""
+    columns = dataset.column_names
+    responses = loss_on == "responses"
+    if fmt == "text":
+        return dataset.select_columns(["text"]), False, False
+    if fmt == "prompt_completion":
+        return dataset.select_columns(["prompt", "completion"]), False, responses
+    if fmt == "alpaca":
+        if not responses:  # whole conversation trained: plain messages
+            dataset = dataset.map(lambda r: {"messages": sum(_alpaca_to_prompt_completion(r).values(), [])},
+                                  remove_columns=columns)
+            return dataset, False, False
+        return dataset.map(_alpaca_to_prompt_completion, remove_columns=columns), False, True
+    if fmt == "sharegpt":
+        dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
+        columns = dataset.column_names
+    dataset = dataset.select_columns(["messages"])
+    if not responses:
+        return dataset, False, False
+    if has_generation_markers(tokenizer):
+        return dataset, True, False
+    return dataset.map(_messages_to_prompt_completion, remove_columns=["messages"]), False, True
+
+
+def split(dataset: Any, val_size: float, seed: int) -> tuple[Any, Any]:
+    if not val_size:
+        return dataset, None
+    count = int(val_size) if val_size >= 1 else max(1, round(len(dataset) * val_size))
+    if count >= len(dataset):
+        raise ConfigError("data.val_size", f"{val_size} leaves no training samples out of {len(dataset)}",
+                          "lower data.val_size")
+    parts = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def build(data: Any, tokenizer: Any, seed: int) -> Datasets:
+    """Load, normalize and split the configured data for SFTTrainer."""
+    dataset = load_source(data)
+    fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
+    _check_columns(dataset.column_names, fmt)
+    if fmt != "text" and fmt != "prompt_completion" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
+                          "set model.chat_template, e.g. model.chat_template=chatml")
+    dataset, assistant_only, completion_only = normalize(dataset, fmt, data.loss_on, tokenizer)
+    train, evaluation = split(dataset, data.val_size, seed)
+    return Datasets(train, evaluation, fmt, assistant_only, completion_only)
+
+
+def apply_named_chat_template(tokenizer: Any, name: str | None) -> Any:
+    """Replace the tokenizer's template with one of Unsloth's named templates (`llama-3.1`, `chatml`, ...)."""
+    if not name:
+        return tokenizer
+    from unsloth.chat_templates import CHAT_TEMPLATES, get_chat_template
+
+    if name not in CHAT_TEMPLATES:
+        from pipeline.errors import did_you_mean
+
+        raise ConfigError("model.chat_template", f"unknown template '{name}'", did_you_mean(name, CHAT_TEMPLATES))
+    # map_eos_token=False: keep the model's own end-of-sequence token (Unsloth would rename it).
+    return get_chat_template(tokenizer, chat_template=name, map_eos_token=False)

@@ -1,0 +1,150 @@
+"""The one user-facing error type, and the printer that turns any config mistake into one line, exit code 2.
+
+Contract (DESIGN.md): `error: <dotted.key>: <what is wrong>. <how to fix>` on stderr, exit code 2, no traceback
+(`HYDRA_FULL_ERROR=1` shows the full one).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from typing import Any, Callable, Iterable
+
+EXIT_USAGE = 2
+
+
+class ConfigError(Exception):
+    """A mistake in the user's config or data: where it is, what is wrong, how to fix it."""
+
+    def __init__(self, key: str, problem: str, fix: str = ""):
+        self.key, self.problem, self.fix = key, problem.rstrip("."), fix.rstrip(".")
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        fix = f" {self.fix}." if self.fix else ""
+        return f"error: {self.key}: {self.problem}.{fix}"
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' Did you mean `x`?'-style hint, or a list of the options when nothing is close."""
+    options = sorted(set(options))
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "choose one of: " + ", ".join(options) if options else ""
+
+
+# --- translating Hydra / OmegaConf compose errors into the one-line contract --------------------------------
+
+_MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^']+)'")
+_AVAILABLE = re.compile(r"Available options in '[^']+':\n((?:\t.*\n?)+)")
+_FULL_KEY = re.compile(r"full_key: (\S+)")
+_NOT_IN_STRUCT = re.compile(r"Key '([^']+)' (?:not in|is not in struct)")
+_CONVERT = re.compile(r"Value '([^']*)' (?:of type '[^']*' )?could not be converted to (\w+)")
+_BAD_ENUM = re.compile(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]")
+
+
+def _schema_fields(dotted_parent: str) -> list[str]:
+    """Field names the schema allows under a dotted parent ('' for the root)."""
+    from pipeline import config  # local: errors.py must stay importable without the schema
+
+    return config.field_names(dotted_parent)
+
+
+def translate_compose_error(ex: BaseException) -> ConfigError | None:
+    """Map a Hydra/OmegaConf composition failure to a ConfigError; None when it is not one we understand."""
+    text = str(ex)
+    cause = ex.__cause__
+    full = text + ("\n" + str(cause) if cause is not None else "")
+
+    missing = _MISSING_OPTION.search(full)
+    if missing:
+        group, option = missing.groups()
+        avail = _AVAILABLE.search(full)
+        options = [o.strip() for o in avail.group(1).splitlines() if o.strip()] if avail else []
+        return ConfigError(group.replace("/", "."), f"unknown option '{option}'",
+                           f"{did_you_mean(option, options)}".strip() or f"see conf/{group}/")
+
+    key_match = _FULL_KEY.search(full)
+    key = key_match.group(1) if key_match else "config"
+
+    not_in = _NOT_IN_STRUCT.search(full)
+    if not_in:
+        parent = key.rpartition(".")[0]
+        name = not_in.group(1)
+        return ConfigError(key, "unknown key", did_you_mean(name, _schema_fields(parent)) or "remove it")
+
+    convert = _CONVERT.search(full)
+    if convert:
+        value, kind = convert.groups()
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(kind, kind)
+        return ConfigError(key, f"'{value}' is not {kind}", f"give {key}=<{kind}>")
+
+    enum = _BAD_ENUM.search(full)
+    if enum:
+        value, options = enum.groups()
+        opts = [o.strip() for o in options.split(",")]
+        return ConfigError(key, f"'{value}' is not allowed", did_you_mean(value, opts))
+
+    if "Could not override" in full or "Error merging override" in full or "Could not append" in full:
+        first = [line for line in full.splitlines() if line.strip()]
+        detail = first[-1].strip() if first else text
+        return ConfigError(key, detail, "check the override's key and value")
+    return None
+
+
+def to_config_error(ex: BaseException) -> ConfigError | None:
+    """The ConfigError behind an exception, if it is a user mistake we know how to explain."""
+    seen = set()
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        if isinstance(ex, ConfigError):
+            return ex
+        ex = ex.__cause__ or ex.__context__
+    return None
+
+
+def report_and_exit(error: ConfigError) -> None:
+    sys.stderr.write(error.line() + "\n")
+    sys.stderr.flush()
+    sys.exit(EXIT_USAGE)
+
+
+def install_hydra_error_handler() -> None:
+    """Make Hydra print user mistakes as one line with exit code 2 instead of its own multi-line report.
+
+    Hydra formats every failure in `hydra._internal.utils.run_and_report` and exits 1; it offers no hook, so
+    we wrap that function. Errors we do not recognise keep Hydra's own handling.
+    """
+    from hydra._internal import utils as hydra_utils
+
+    original: Callable[[Any], Any] = getattr(hydra_utils.run_and_report, "__wrapped__", hydra_utils.run_and_report)
+
+    def run_and_report(func: Any) -> Any:
+        try:
+            return func()
+        except Exception as ex:  # noqa: BLE001 - we re-dispatch everything we do not own
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            error = to_config_error(ex) or _translate_hydra(ex)
+            if error is not None:
+                report_and_exit(error)
+
+            def reraise() -> None:
+                raise ex
+
+            return original(reraise)
+
+    run_and_report.__wrapped__ = original  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
+
+
+def _translate_hydra(ex: BaseException) -> ConfigError | None:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(ex, (HydraException, OmegaConfBaseException)):
+        return translate_compose_error(ex)
+    return None

@@ -1,0 +1,129 @@
+"""Target-module presets: roles in Llama vocabulary (q,k,v,o,gate,up,down) -> this architecture's module names.
+
+A preset names roles. Each architecture family maps roles to the module names PEFT matches (a leaf name, or
+`parent.leaf` where the leaf alone is ambiguous, as GPT-2's `c_proj`). A fused module (Phi-3's `qkv_proj`)
+carries several roles; asking for part of it adapts all of it, and the resolution says so.
+Anything in `lora.target_modules` that is not a role is a literal module name, used as written.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pipeline.config import ROLES
+from pipeline.errors import ConfigError
+
+LLAMA_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+               "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+# model_type -> role -> module name (None: the architecture has no such layer)
+FAMILIES: dict[str, dict[str, str | None]] = {
+    "llama": LLAMA_NAMES,
+    "phi3": {"q": "qkv_proj", "k": "qkv_proj", "v": "qkv_proj", "o": "o_proj",
+             "gate": "gate_up_proj", "up": "gate_up_proj", "down": "down_proj"},
+    "gpt2": {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj",
+             "gate": None, "up": "mlp.c_fc", "down": "mlp.c_proj"},
+    "gpt_neox": {"q": "query_key_value", "k": "query_key_value", "v": "query_key_value", "o": "dense",
+                 "gate": None, "up": "dense_h_to_4h", "down": "dense_4h_to_h"},
+    "opt": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "gate": None, "up": "fc1", "down": "fc2"},
+}
+ALIASES = {
+    **{t: "llama" for t in ("mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "olmo",
+                            "olmo2", "cohere", "starcoder2_llama", "mixtral", "qwen3_moe", "qwen2_moe")},
+    "falcon": "gpt_neox", "bloom": "gpt_neox",
+}
+
+
+def family_of(model_type: str) -> dict[str, str | None] | None:
+    """The role table for a transformers `model_type`, or None when we have no table for it."""
+    return FAMILIES.get(ALIASES.get(model_type, model_type))
+
+
+@dataclass
+class Resolution:
+    """What a target-module choice became for one model."""
+    preset: str
+    requested: list[str]
+    target_modules: list[str]
+    notes: list[str] = field(default_factory=list)
+    adapted_layers: int = 0
+    trainable_params: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "requested": self.requested, "target_modules": self.target_modules,
+                "notes": self.notes, "adapted_layers": self.adapted_layers,
+                "trainable_params": self.trainable_params}
+
+
+def resolve(requested: Iterable[str], model_type: str, preset: str = "custom") -> Resolution:
+    """Map roles to module names for `model_type`; literal names pass through unchanged."""
+    requested = list(requested)
+    table = family_of(model_type)
+    names: list[str] = []
+    notes: list[str] = []
+    roles = [r for r in requested if r in ROLES]
+    if roles and table is None:
+        raise ConfigError("lora.target_modules",
+                          f"roles {roles} cannot be resolved for model_type '{model_type}' (no table for it)",
+                          "list the module names literally, e.g. lora.target_modules=[q_proj,v_proj]")
+    for item in requested:
+        name = table[item] if item in ROLES else item  # type: ignore[index]
+        if item in ROLES and name is None:
+            notes.append(f"{model_type} has no '{item}' projection; that role is skipped")
+            continue
+        if name not in names:
+            names.append(name)  # type: ignore[arg-type]
+    if table is not None:
+        notes += _fused_notes(requested, table)
+    if not names:
+        raise ConfigError("lora.target_modules", f"none of {requested} exists in {model_type}",
+                          "pick another preset, e.g. lora/target_modules=attention")
+    return Resolution(preset=preset, requested=requested, target_modules=names, notes=notes)
+
+
+def _fused_notes(requested: list[str], table: dict[str, str | None]) -> list[str]:
+    """One line per fused module that carries roles the preset did not ask for."""
+    notes = []
+    for name in dict.fromkeys(v for v in table.values() if v):
+        carried = [role for role, n in table.items() if n == name]
+        asked = [role for role in carried if role in requested]
+        extra = [role for role in carried if role not in requested]
+        if len(carried) > 1 and asked and extra:
+            notes.append(f"'{name}' is one fused layer for {'+'.join(carried)}: adapting "
+                         f"{'+'.join(asked)} also adapts {'+'.join(extra)}")
+    return notes
+
+
+# --- validation against a built model ------------------------------------------------------------------------
+
+def linear_layer_names(model: Any) -> list[str]:
+    """Dotted names of every linear-like layer (Linear, bitsandbytes Linear4bit/8bitLt, GPT-2 Conv1D)."""
+    import torch
+
+    names = []
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, torch.nn.Linear) or kind in ("Linear4bit", "Linear8bitLt", "Conv1D"):
+            names.append(name)
+    return names
+
+
+def _matches(layer: str, target: str) -> bool:
+    """PEFT's rule for a list of target names: the whole name, or a dotted suffix of it."""
+    return layer == target or layer.endswith("." + target)
+
+
+def validate_against_model(resolution: Resolution, layer_names: list[str]) -> Resolution:
+    """Every resolved name must match at least one linear layer; count the layers that will be adapted."""
+    distinct = sorted({n.rsplit(".", 1)[-1] for n in layer_names})
+    for target in resolution.target_modules:
+        if not any(_matches(layer, target) for layer in layer_names):
+            close = difflib.get_close_matches(target.rsplit(".", 1)[-1], distinct, n=1, cutoff=0.4)
+            hint = f"closest: '{close[0]}'. " if close else ""
+            raise ConfigError("lora.target_modules", f"'{target}' matches no linear layer of this model "
+                              f"(its linear layers: {', '.join(distinct)})", f"{hint}Use one of those names")
+    resolution.adapted_layers = sum(
+        any(_matches(layer, t) for t in resolution.target_modules) for layer in layer_names)
+    return resolution

@@ -1,0 +1,93 @@
+"""Weights & Biases: choose a mode that never prompts or hangs, name and group runs from Hydra's choices."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def has_wandb_credentials() -> bool:
+    """An API key in the environment or a `wandb login` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def choose_mode(configured: str) -> str:
+    """`auto`: WANDB_MODE if set, else online with credentials, else offline (sync later with `wandb sync`)."""
+    if configured != "auto":
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if has_wandb_credentials():
+        return "online"
+    log.info("W&B: no credentials found, logging offline to the run directory (upload later with `wandb sync`)")
+    return "offline"
+
+
+def hydra_context() -> dict[str, Any]:
+    """Choices, job number and sweep directory of the running Hydra job (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {"choices": dict(hc.runtime.choices), "multirun": multirun,
+            "job_num": hc.job.num if multirun else None, "sweep_dir": hc.sweep.dir if multirun else None,
+            "overrides": list(hc.overrides.task)}
+
+
+def run_name(run: Any, ctx: dict[str, Any]) -> str:
+    choices = ctx.get("choices", {})
+    base = run.name or choices.get("experiment") or choices.get("model") or "run"
+    parts = [base, choices.get("lora/target_modules", "custom"), f"r{run.lora.r}"]
+    if ctx.get("multirun"):
+        parts.append(f"job{ctx['job_num']}")
+    return "-".join(str(p) for p in parts)
+
+
+def sweep_group(run: Any, ctx: dict[str, Any]) -> str | None:
+    """All jobs of one multirun share a group named after the sweep directory."""
+    if run.logger.group:
+        return run.logger.group
+    if ctx.get("multirun") and ctx.get("sweep_dir"):
+        date, time = Path(ctx["sweep_dir"]).parts[-2:]
+        return f"sweep-{date}-{time}"
+    return None
+
+
+def start(run: Any, config: dict, run_dir: Path, ctx: dict[str, Any]) -> Any:
+    """Start a W&B run (or nothing for logger=none); returns the run or None."""
+    if run.logger.kind != "wandb":
+        return None
+    mode = choose_mode(run.logger.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_LOG_MODEL", "false")  # adapters stay in the run directory, not W&B artifacts
+    choices = ctx.get("choices", {})
+    tags = [t for t in (choices.get("model"), choices.get("lora/target_modules"), choices.get("quantization"),
+                        run.backend) if t] + list(run.logger.tags)
+    return wandb.init(project=run.logger.project, entity=run.logger.entity, name=run_name(run, ctx),
+                      group=sweep_group(run, ctx), tags=tags, config=config, dir=str(run_dir), mode=mode,
+                      settings=wandb.Settings(silent=True, init_timeout=90), reinit="finish_previous")
+
+
+def finish(wandb_run: Any, summary: dict, exit_code: int = 0) -> None:
+    if wandb_run is None:
+        return
+    for key in ("status", "final_loss", "eval_loss", "trainable_params", "tokens_per_second"):
+        if summary.get(key) is not None:
+            wandb_run.summary[key] = summary[key]
+    wandb_run.finish(exit_code=exit_code)

@@ -1,0 +1,57 @@
+"""`python -m pipeline.train`: compose the config, validate it, fine-tune, return the objective for sweepers."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.config import register_configs, register_resolvers, to_runconfig
+from pipeline.errors import ConfigError, install_hydra_error_handler
+
+log = logging.getLogger(__name__)
+HYDRA_ONLY_FILES = {".hydra", "train.log"}
+
+register_resolvers()
+register_configs()
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def remove_if_only_hydra_files(run_dir: Path) -> None:
+    """A config error leaves no run directory behind that could pass for a real run."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from pipeline import tracking
+
+    run_dir = output_dir()
+    try:
+        run = to_runconfig(cfg)  # every value checked before anything heavy is imported or loaded
+        from pipeline.finetune import finetune
+
+        summary = finetune(run, run_dir, tracking.hydra_context()).summary
+    except ConfigError:
+        remove_if_only_hydra_files(run_dir)
+        raise
+    # Sweepers minimize this: eval loss when there is an eval split, else the last training loss.
+    return summary.get("eval_loss", summary.get("final_loss"))
+
+
+def cli() -> None:
+    install_hydra_error_handler()
+    main()
+
+
+if __name__ == "__main__":
+    cli()
