@@ -8,8 +8,9 @@ this module sees dataclasses, never a DictConfig. This module must not import to
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -27,7 +28,7 @@ class ModelConfig:
     chat_template: Optional[str] = None
     trust_remote_code: bool = False
     revision: Optional[str] = None
-    architecture: Dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,8 +47,8 @@ class LoraConfig:
     bias: str = "none"
     use_rslora: bool = False
     init_weights: str = "true"
-    target_modules: List[str] = field(default_factory=lambda: list(ROLES))
-    modules_to_save: Optional[List[str]] = None
+    target_modules: list[str] = field(default_factory=lambda: list(ROLES))
+    modules_to_save: Optional[list[str]] = None
 
 
 @dataclass
@@ -56,7 +57,7 @@ class DataConfig:
     subset: Optional[str] = None
     split: str = "train"
     format: str = "auto"
-    columns: Dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)
     loss_on: str = "responses"
     val_size: float = 0.0
     max_samples: Optional[int] = None
@@ -90,7 +91,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: str = "auto"
     group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def field_names(dotted_parent: str) -> list[str]:
 
 # --- semantic checks: values that type-check but make no sense ------------------------------------------------
 
-CHOICES: Dict[str, tuple] = {
+CHOICES: dict[str, tuple] = {
     "backend": ("unsloth", "hf"),
     "model.dtype": ("auto", "bfloat16", "float16", "float32"),
     "quantization.bits": (4, 8, 16),
@@ -147,29 +148,40 @@ CHOICES: Dict[str, tuple] = {
     "logger.mode": ("auto", "online", "offline", "disabled"),
 }
 
-# (key, predicate, what must hold) — the predicate gets the value.
-RANGES: List[tuple[str, Callable[[Any], bool], str]] = [
-    ("model.max_seq_length", lambda v: v >= 8, "must be at least 8"),
-    ("lora.r", lambda v: v >= 1, "must be a positive integer (typical: 8, 16, 32, 64)"),
-    ("lora.alpha", lambda v: v >= 1, "must be a positive integer (typical: equal to r or 2 * r)"),
-    ("lora.dropout", lambda v: 0.0 <= v < 1.0, "must be in [0, 1) (0 keeps Unsloth's fast path)"),
-    ("lora.target_modules", lambda v: len(v) > 0, "must name at least one module or role"),
-    ("data.val_size", lambda v: v >= 0, "must be 0 (no eval split), a fraction in (0, 1) or a count >= 1"),
-    ("data.max_samples", lambda v: v is None or v >= 1, "must be null or at least 1"),
-    ("trainer.learning_rate", lambda v: 0 < v < 1, "must be in (0, 1) (typical for LoRA: 1e-4 to 5e-4)"),
-    ("trainer.num_train_epochs", lambda v: v > 0, "must be positive"),
-    ("trainer.max_steps", lambda v: v == -1 or v >= 1, "must be -1 (use epochs) or at least 1"),
-    ("trainer.per_device_train_batch_size", lambda v: v >= 1, "must be at least 1"),
-    ("trainer.per_device_eval_batch_size", lambda v: v >= 1, "must be at least 1"),
-    ("trainer.gradient_accumulation_steps", lambda v: v >= 1, "must be at least 1"),
-    ("trainer.warmup_steps", lambda v: v >= 0, "must be >= 0 (a fraction of total steps when < 1)"),
-    ("trainer.weight_decay", lambda v: v >= 0, "must be >= 0"),
-    ("trainer.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
-    ("trainer.logging_steps", lambda v: v >= 1, "must be at least 1"),
-    ("trainer.eval_steps", lambda v: v is None or v >= 1, "must be null (once per epoch) or at least 1"),
-    ("trainer.save_steps", lambda v: v >= 1, "must be at least 1"),
-    ("trainer.save_total_limit", lambda v: v is None or v >= 1, "must be null (keep all) or at least 1"),
+# (key, predicate, what must hold, a valid example) — the predicate gets the value.
+RANGES: list[tuple[str, Callable[[Any], bool], str, str]] = [
+    ("model.max_seq_length", lambda v: v >= 8, "must be at least 8", "2048"),
+    ("lora.r", lambda v: v >= 1, "must be a positive integer", "16 (typical: 8 to 64)"),
+    ("lora.alpha", lambda v: v >= 1, "must be a positive integer", "16 (usually r or 2 * r)"),
+    ("lora.dropout", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", "0.0 (keeps Unsloth's fast path) or 0.05"),
+    ("lora.target_modules", lambda v: len(v) > 0, "must name at least one module or role", "[q,k,v,o]"),
+    ("data.val_size", lambda v: v >= 0, "must be 0, a fraction in (0, 1) or a count", "0.1"),
+    ("data.max_samples", lambda v: v is None or v >= 1, "must be null or at least 1", "1000"),
+    ("trainer.learning_rate", lambda v: 0 < v < 1, "must be in (0, 1)", "2e-4"),
+    ("trainer.num_train_epochs", lambda v: v > 0, "must be positive", "1"),
+    ("trainer.max_steps", lambda v: v == -1 or v >= 1, "must be -1 (use epochs) or at least 1", "100"),
+    ("trainer.per_device_train_batch_size", lambda v: v >= 1, "must be at least 1", "2"),
+    ("trainer.per_device_eval_batch_size", lambda v: v >= 1, "must be at least 1", "2"),
+    ("trainer.gradient_accumulation_steps", lambda v: v >= 1, "must be at least 1", "4"),
+    ("trainer.warmup_steps", lambda v: v >= 0, "must be >= 0 (a fraction of all steps when < 1)", "0.03"),
+    ("trainer.weight_decay", lambda v: v >= 0, "must be >= 0", "0.01"),
+    ("trainer.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0 turns clipping off)", "1.0"),
+    ("trainer.logging_steps", lambda v: v >= 1, "must be at least 1", "10"),
+    ("trainer.eval_steps", lambda v: v is None or v >= 1, "must be null (once per epoch) or at least 1", "50"),
+    ("trainer.save_steps", lambda v: v >= 1, "must be at least 1", "100"),
+    ("trainer.save_total_limit", lambda v: v is None or v >= 1, "must be null (keep all) or at least 1", "2"),
 ]
+
+# Names people bring from PEFT, Unsloth, axolotl or transformers -> ours.
+KEY_SYNONYMS = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "rslora": "use_rslora",
+    "lr": "learning_rate", "epochs": "num_train_epochs", "num_epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size", "micro_batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps", "gradient_accumulation": "gradient_accumulation_steps",
+    "warmup_ratio": "warmup_steps", "scheduler": "lr_scheduler_type", "optimizer": "optim",
+    "max_length": "max_seq_length", "sequence_len": "max_seq_length", "model_name": "name", "path": "source",
+    "dataset": "source", "type": "format", "target": "target_modules", "targets": "target_modules",
+}
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -182,10 +194,10 @@ def validate(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if value not in choices:
             raise ConfigError(key, f"'{value}' is not allowed", did_you_mean(str(value), map(str, choices)))
-    for key, holds, must in RANGES:
+    for key, holds, must, example in RANGES:
         value = _get(cfg, key)
         if not holds(value):
-            raise ConfigError(key, f"{value} {must}", f"set {key} to a valid value")
+            raise ConfigError(key, f"{value} is out of range: {must}", f"Use e.g. {key}={example}")
     for key in ("model.name", "data.source"):
         if OmegaConf.is_missing(cfg, key) or _get(cfg, key) in (None, "", []):
             raise ConfigError(key, "is not set", f"pick a preset ({key.split('.')[0]}=...) or give {key}=...")

@@ -10,7 +10,8 @@ import difflib
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 EXIT_USAGE = 2
 
@@ -23,16 +24,20 @@ class ConfigError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        fix = f" {self.fix}." if self.fix else ""
-        return f"error: {self.key}: {self.problem}.{fix}"
+        fix = self.fix[:1].upper() + self.fix[1:] if self.fix else ""
+        if fix and fix[-1] not in ".?!":
+            fix += "."
+        return f"error: {self.key}: {self.problem}. {fix}".rstrip()
 
 
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """' Did you mean `x`?'-style hint, or a list of the options when nothing is close."""
+def did_you_mean(word: str, options: Iterable[str], synonyms: dict[str, str] | None = None,
+                 prefix: str = "") -> str:
+    """"did you mean 'x'?" from a synonym table or spelling, else the list of valid options."""
     options = sorted(set(options))
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    if close:
-        return f"did you mean '{close[0]}'?"
+    guess = (synonyms or {}).get(word) if (synonyms or {}).get(word) in options else (close[0] if close else None)
+    if guess:
+        return f"did you mean '{prefix}{guess}'?"
     return "choose one of: " + ", ".join(options) if options else ""
 
 
@@ -64,8 +69,8 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
         group, option = missing.groups()
         avail = _AVAILABLE.search(full)
         options = [o.strip() for o in avail.group(1).splitlines() if o.strip()] if avail else []
-        return ConfigError(group.replace("/", "."), f"unknown option '{option}'",
-                           f"{did_you_mean(option, options)}".strip() or f"see conf/{group}/")
+        return ConfigError(group, f"unknown option '{option}'",
+                           did_you_mean(option, options) or f"add conf/{group}/{option}.yaml")
 
     key_match = _FULL_KEY.search(full)
     key = key_match.group(1) if key_match else "config"
@@ -74,7 +79,10 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
     if not_in:
         parent = key.rpartition(".")[0]
         name = not_in.group(1)
-        return ConfigError(key, "unknown key", did_you_mean(name, _schema_fields(parent)) or "remove it")
+        from pipeline.config import KEY_SYNONYMS
+
+        hint = did_you_mean(name, _schema_fields(parent), KEY_SYNONYMS, prefix=f"{parent}." if parent else "")
+        return ConfigError(key, "unknown key", hint or "remove it")
 
     convert = _CONVERT.search(full)
     if convert:
@@ -132,8 +140,10 @@ def install_hydra_error_handler() -> None:
             if error is not None:
                 report_and_exit(error)
 
+            failure = ex
+
             def reraise() -> None:
-                raise ex
+                raise failure
 
             return original(reraise)
 

@@ -97,7 +97,7 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     sft_config = training.build_sft_config(run, precision, run_dir / "checkpoints", datasets,
                                            ["wandb"] if wandb_run is not None else ["none"],
                                            tracking.run_name(run, ctx))
-    trainer = training.build_trainer(model, tokenizer, datasets, sft_config, [metrics])
+    trainer = training.build_trainer(model, tokenizer, datasets, sft_config, [metrics], precision)
 
     summary: dict[str, Any] = {
         "status": "failed", "model": run.model.name, "model_type": model.config.model_type,

@@ -87,7 +87,7 @@ def plot_loss(run_dir: Path, rows: list[dict], title: str) -> None:
     for key, style in (("loss", "-"), ("eval_loss", "o--")):
         points = loss_values(rows, key)
         if points:
-            ax.plot(*zip(*points), style, label=key.replace("_", " "))
+            ax.plot(*zip(*points, strict=True), style, label=key.replace("_", " "))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)

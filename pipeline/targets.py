@@ -9,8 +9,9 @@ Anything in `lora.target_modules` that is not a role is a literal module name, u
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline.config import ROLES
 from pipeline.errors import ConfigError

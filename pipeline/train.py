@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, register_resolvers, to_runconfig
-from pipeline.errors import ConfigError, install_hydra_error_handler
+from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
 
 log = logging.getLogger(__name__)
 HYDRA_ONLY_FILES = {".hydra", "train.log"}
@@ -41,9 +41,11 @@ def main(cfg: DictConfig) -> float | None:
         from pipeline.finetune import finetune
 
         summary = finetune(run, run_dir, tracking.hydra_context()).summary
-    except ConfigError:
+    except ConfigError as error:
         remove_if_only_hydra_files(run_dir)
-        raise
+        if not tracking.hydra_context().get("multirun"):
+            report_and_exit(error)  # one line, exit 2, before Hydra adds its own report
+        raise  # in a sweep: Hydra records this job as failed and runs the others
     # Sweepers minimize this: eval loss when there is an eval split, else the last training loss.
     return summary.get("eval_loss", summary.get("final_loss"))
 

@@ -62,8 +62,25 @@ def build_sft_config(run: Any, precision: Precision, checkpoints_dir: Path, data
     )
 
 
-def build_trainer(model: Any, tokenizer: Any, datasets: Datasets, sft_config: Any, callbacks: list) -> Any:
+def build_trainer(model: Any, tokenizer: Any, datasets: Datasets, sft_config: Any, callbacks: list,
+                  precision: Precision) -> Any:
     from trl import SFTTrainer
 
-    return SFTTrainer(model=model, processing_class=tokenizer, args=sft_config, train_dataset=datasets.train,
-                      eval_dataset=datasets.eval, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=sft_config, train_dataset=datasets.train,
+                         eval_dataset=datasets.eval, callbacks=callbacks)
+    keep_adapter_dtype(trainer.model, precision)
+    return trainer
+
+
+def keep_adapter_dtype(model: Any, precision: Precision) -> None:
+    """Undo TRL's bf16 cast of QLoRA adapters when training without mixed precision (e.g. fp32 on CPU).
+
+    TRL casts trainable weights of quantized models to bf16 (the QLoRA recipe under bf16 autocast). Without
+    autocast the optimizer would then update bf16 weights directly, rounding small updates away, and the saved
+    adapter would compute differently from the one reloaded by PEFT (which upcasts to fp32).
+    """
+    if precision.bf16 or precision.fp16:
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != precision.dtype:
+            param.data = param.data.to(precision.dtype)

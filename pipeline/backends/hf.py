@@ -17,10 +17,12 @@ def load(run: Any, precision: Precision) -> tuple[Any, Any]:
         run.model.name,
         dtype=precision.dtype,
         quantization_config=quantization_config,
-        device_map={"": 0} if precision.device == "cuda" else None,
+        device_map={"": 0 if precision.device == "cuda" else "cpu"},  # placed once: no later .to() re-quantizes
         trust_remote_code=run.model.trust_remote_code,
         revision=run.model.revision,
     )
+    if precision.device == "cpu":
+        keep_trainable_4bit_layout(model)
     tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
                                               trust_remote_code=run.model.trust_remote_code,
                                               model_max_length=run.model.max_seq_length)
@@ -44,3 +46,15 @@ def apply_lora(model: Any, run: Any, target_modules: list[str]) -> Any:
     config = LoraConfig(task_type="CAUSAL_LM", target_modules=list(target_modules),
                         **lora_kwargs(run.lora))
     return get_peft_model(model, config)
+
+
+def keep_trainable_4bit_layout(model: Any) -> None:
+    """Stop bitsandbytes' CPU backend from repacking 4-bit weights for its AVX512-BF16 kernel.
+
+    bitsandbytes 0.50 repacks a Linear4bit weight in place on the first no-grad forward (an eval step) or
+    state_dict() call and never unpacks it: backward through it is then wrong and the base drifts from the
+    checkpoint. Unsloth's CPU loader switches this off the same way; GPUs are unaffected.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

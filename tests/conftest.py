@@ -1,0 +1,51 @@
+"""Shared helpers: run the real CLI in a subprocess, compose configs with Hydra's compose API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+
+def offline_env(home: Path, **extra: str) -> dict[str, str]:
+    """The machine's environment, offline, with no W&B credentials (HOME points at an empty folder)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HF_TOKEN"))}
+    env.update(HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_cli(module: str, *overrides: str, home: Path, cwd: Path = REPO, timeout: int = 300,
+            **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=offline_env(home, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose(*overrides: str):
+    """Compose conf/train.yaml with overrides, as the CLI does (hydra config included for ${hydra:...})."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from pipeline.config import register_configs, register_resolvers
+
+    register_resolvers()
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))

@@ -1,0 +1,93 @@
+"""Level 3: the real CLI end to end on the tiny offline model (Unsloth, TRL, PEFT, bitsandbytes all real)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+RUN_FILES = ["config.resolved.yaml", "metrics.jsonl", "summary.json", "loss.png", "adapter/adapter_config.json",
+             "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json", ".hydra/config.yaml"]
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def assert_completed_run(run_dir: Path) -> dict:
+    for name in RUN_FILES:
+        assert (run_dir / name).exists(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    summary = summary_of(run_dir)
+    assert summary["status"] == "completed"
+    assert summary["final_loss"] < summary["initial_loss"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows) and any("eval_loss" in r for r in rows)
+    return summary
+
+
+def test_quickstart_unsloth_with_wandb_offline(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", f"hydra.run.dir={run_dir}", home=home,
+                     HF_TOKEN="hf_secret_value_123", WANDB_API_KEY_FILE="/nonexistent")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = assert_completed_run(run_dir)
+    assert summary["backend"] == "unsloth" and summary["quantization"] == "4-bit"
+    assert summary["target_modules"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"]
+    assert summary["trainable_params"] == 32768  # 2 layers x r16 x (q 128 + k 96 + v 96 + o 128 + 3 x mlp 192)
+    assert "eval_loss" in summary
+    # no key -> offline W&B in the run directory, with a notice instead of a prompt
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert "logging offline" in result.stdout + result.stderr
+    for line in ("trainable params", "effective batch", "target modules", "run directory"):
+        assert line in result.stdout + result.stderr
+    # secrets never land in files
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert b"hf_secret_value_123" not in path.read_bytes(), path
+
+
+def test_quickstart_hf_backend(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "logger=none",
+                     f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = assert_completed_run(run_dir)
+    assert summary["backend"] == "hf" and summary["quantization"] == "4-bit"
+    assert "unsloth" not in (run_dir / "train.log").read_text().lower().replace("'unsloth'", "")
+
+
+def test_multirun_over_presets(tmp_path: Path, home: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora/target_modules=all_linear,attention",
+                     "logger=none", "trainer.max_steps=10", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {summary_of(sweep / n)["target_modules"]["preset"]: summary_of(sweep / n) for n in ("0", "1")}
+    assert runs.keys() == {"all_linear", "attention"}
+    assert all(r["status"] == "completed" for r in runs.values())
+    assert runs["attention"]["trainable_params"] < runs["all_linear"]["trainable_params"]
+
+
+def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path, home: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora.target_modules=[nope_proj],[q_proj]",
+                     "logger=none", "trainer.max_steps=4", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 2
+    assert "error: lora.target_modules: 'nope_proj' matches no linear layer" in result.stderr
+    assert summary_of(sweep / "1")["status"] == "completed"
+    assert not (sweep / "0" / "summary.json").exists()
+
+
+def test_print_config_does_not_import_torch(home: Path) -> None:
+    result = run_cli("pipeline.train", "--cfg", "job", "--resolve", "experiment=llama3_1_8b_alpaca", home=home,
+                     PYTHONPROFILEIMPORTTIME="1")  # every import is listed on stderr
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "name: unsloth/Meta-Llama-3.1-8B" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "hydra" in imported  # the listing works
+    assert not imported & {"torch", "transformers", "unsloth", "trl", "peft"}

@@ -1,0 +1,62 @@
+"""The error contract: one line `error: <dotted.key>: <problem>. <fix>`, exit code 2, no traceback, no run dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from pipeline.errors import ConfigError, did_you_mean, translate_compose_error
+
+CASES = [
+    ("lora.rank=8", "error: lora.rank: unknown key. Did you mean 'lora.r'?"),
+    ("lora.r=0", "error: lora.r: 0 is out of range"),
+    ("lora.dropout=1.5", "error: lora.dropout: 1.5 is out of range"),
+    ("quantization=nf5", "error: quantization: unknown option 'nf5'. Did you mean 'nf4'?"),
+    ("lora.r=sixteen", "error: lora.r: 'sixteen' is not an integer"),
+    ("trainer.lr=1e-4", "error: trainer.lr: unknown key. Did you mean 'trainer.learning_rate'?"),
+    ("lora/target_modules=attn", "error: lora/target_modules: unknown option 'attn'"),
+    ("backend=vllm", "error: backend: 'vllm' is not allowed"),
+    ("trainer.learning_rate=2", "error: trainer.learning_rate: 2.0 is out of range"),
+]
+
+
+@pytest.mark.parametrize("override,expected", CASES)
+def test_bad_config_is_one_line_and_exit_2(override: str, expected: str, tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", override, f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(expected), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()  # nothing half-written
+
+
+def test_missing_target_module_names_the_real_layers(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "lora.target_modules=[q_proj,foo_proj]",
+                     f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in result.stderr
+    assert "'foo_proj' matches no linear layer" in error[0]
+    for real in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert real in error[0]
+    assert not run_dir.exists()
+
+
+def test_error_line_format() -> None:
+    assert ConfigError("a.b", "is wrong.", "fix it").line() == "error: a.b: is wrong. Fix it."
+    assert ConfigError("a.b", "is wrong", "did you mean 'c'?").line() == "error: a.b: is wrong. Did you mean 'c'?"
+
+
+def test_did_you_mean_uses_synonyms_then_spelling_then_lists() -> None:
+    assert did_you_mean("rank", ["r", "alpha"], {"rank": "r"}) == "did you mean 'r'?"
+    assert did_you_mean("alpah", ["r", "alpha"]) == "did you mean 'alpha'?"
+    assert did_you_mean("zzz", ["r", "alpha"]) == "choose one of: alpha, r"
+
+
+def test_unknown_hydra_errors_are_left_to_hydra() -> None:
+    assert translate_compose_error(RuntimeError("something else")) is None

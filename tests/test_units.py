@@ -1,0 +1,97 @@
+"""Level 2: target resolution, W&B mode choice and naming, secret removal, precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import targets, tracking
+from pipeline.config import redact_secrets
+from pipeline.errors import ConfigError
+
+ALL = ["q", "k", "v", "o", "gate", "up", "down"]
+
+
+def test_llama_roles_resolve_to_projection_names() -> None:
+    res = targets.resolve(ALL, "llama", "all_linear")
+    assert res.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert res.notes == []
+
+
+def test_phi3_minimal_targets_the_fused_qkv_and_says_so() -> None:
+    res = targets.resolve(["q", "v"], "phi3", "minimal")
+    assert res.target_modules == ["qkv_proj"]
+    assert res.notes == ["'qkv_proj' is one fused layer for q+k+v: adapting q+v also adapts k"]
+
+
+def test_gpt2_disambiguates_c_proj_by_parent() -> None:
+    assert targets.resolve(ALL, "gpt2").target_modules == ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+
+
+def test_literal_names_pass_through() -> None:
+    assert targets.resolve(["q_proj", "lm_head"], "llama").target_modules == ["q_proj", "lm_head"]
+
+
+def test_roles_for_an_unknown_architecture_are_refused() -> None:
+    with pytest.raises(ConfigError, match="no table"):
+        targets.resolve(["q"], "some_new_arch")
+
+
+def test_validation_against_a_real_model_counts_layers() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    layers = targets.linear_layer_names(model)
+    res = targets.validate_against_model(targets.resolve(["q", "v"], "llama"), layers)
+    assert res.adapted_layers == 6
+    with pytest.raises(ConfigError, match="'qproj' matches no linear layer.*Closest: 'q_proj'"):
+        targets.validate_against_model(targets.resolve(["qproj"], "llama"), layers)
+
+
+def test_wandb_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert tracking.choose_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.choose_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.choose_mode("auto") == "disabled"
+    assert tracking.choose_mode("offline") == "offline"
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert tracking.choose_mode("auto") == "online"
+
+
+def test_jobs_of_one_sweep_share_a_group() -> None:
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+
+    run = to_runconfig(compose("experiment=quickstart"))
+    ctx = {"multirun": True, "sweep_dir": "outputs/multirun/2026-11-24/05-00-00", "job_num": 1,
+           "choices": {"lora/target_modules": "attention"}}
+    assert tracking.sweep_group(run, ctx) == tracking.sweep_group(run, {**ctx, "job_num": 0}) \
+        == "sweep-2026-11-24-05-00-00"
+    assert tracking.sweep_group(run, {}) is None
+    assert tracking.run_name(run, ctx) == "quickstart-attention-r16-job1"
+
+
+def test_secrets_are_removed_at_any_depth() -> None:
+    clean = redact_secrets({"a": 1, "hf_token": "x", "logger": {"api_key": "y", "tags": ["t"]}})
+    assert clean == {"a": 1, "logger": {"tags": ["t"]}}
+
+
+def test_precision_on_cpu_is_fp32_without_mixed_precision() -> None:
+    import torch
+
+    from pipeline.precision import resolve_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectation")
+    p = resolve_precision("auto")
+    assert (p.device, p.dtype, p.bf16, p.fp16) == ("cpu", torch.float32, False, False)
