@@ -74,8 +74,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     print_header({
         "model": f"{run.model.name} ({model.config.model_type})",
         "backend": run.backend,
-        "quantization": f"{loaded_quantization(model)} (asked: {run.quantization.bits}-bit), "
-                        f"compute {precision.name} on {precision.device}",
+        "quantization": f"{loaded_quantization(model)} (asked: {_asked_quantization(run)}), "
+                        f"{precision.name} compute on {precision.device}",
         "target modules": f"{resolution.target_modules} ({resolution.adapted_layers} layers, preset {preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
         "data": f"{len(datasets.train)} train / {len(datasets.eval) if datasets.eval else 0} eval samples "
@@ -160,6 +160,10 @@ def _tokens_per_second(rows: list[dict], runtime: float) -> float | None:
     """TRL logs a running `num_tokens`; its last value over the wall time."""
     tokens = [r["num_tokens"] for r in rows if "num_tokens" in r]
     return round(tokens[-1] / runtime, 1) if tokens and runtime > 0 else None
+
+
+def _asked_quantization(run: TrainConfig) -> str:
+    return "none" if run.quantization.bits == 16 else f"{run.quantization.bits}-bit"
 
 
 def _resolved_roles(requested: list[str]) -> set[str]:

@@ -61,6 +61,18 @@ def test_quickstart_hf_backend(tmp_path: Path, home: Path) -> None:
     assert "unsloth" not in (run_dir / "train.log").read_text().lower().replace("'unsloth'", "")
 
 
+@pytest.mark.parametrize("backend,quantization,loaded", [("hf", "int8", "8-bit"), ("hf", "none", "none"),
+                                                         ("unsloth", "none", "none")])
+def test_other_quantizations_train(backend: str, quantization: str, loaded: str, tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", f"backend={backend}", f"quantization={quantization}",
+                     "logger=none", "trainer.max_steps=6", f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(run_dir)
+    assert summary["status"] == "completed" and summary["quantization"] == loaded
+    assert summary["final_loss"] < summary["initial_loss"]
+
+
 def test_multirun_over_presets(tmp_path: Path, home: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora/target_modules=all_linear,attention",

@@ -38,13 +38,7 @@ def loaded_quantization(model: Any) -> str:
         return "4-bit"
     if "Linear8bitLt" in kinds:
         return "8-bit"
-    return "16-bit" if next(model.parameters()).dtype in _half_dtypes() else "32-bit"
-
-
-def _half_dtypes() -> tuple:
-    import torch
-
-    return (torch.float16, torch.bfloat16)
+    return "none"
 
 
 def lora_kwargs(lora: Any) -> dict:
