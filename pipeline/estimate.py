@@ -1,0 +1,154 @@
+"""Price a LoRA run without weights: build the model on the meta device, count parameters, estimate VRAM.
+
+Counts are exact (a LoRA pair on a layer with `in` inputs and `out` outputs adds r * (in + out) weights, the same
+number PEFT creates). The VRAM estimate is a sum of named parts for one GPU under the trainer's settings; see
+docs/vram-estimates.md for how it compares with published measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import targets
+from pipeline.errors import ConfigError
+
+GIB = 2**30
+NF4_BLOCK = 64            # bitsandbytes 4-bit block size: one absmax per 64 weights
+DOUBLE_QUANT_BLOCK = 256  # double quant: absmax stored in 8 bits, one fp32 constant per 256 of them
+# bytes of optimizer state per trainable parameter
+OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2,
+                   "paged_adamw_8bit": 2, "lion_8bit": 1, "paged_lion_8bit": 1, "adafactor": 0.1, "sgd": 0}
+ACTIVATION_BYTES = 2      # activations are bf16 under mixed precision
+
+
+def build_meta_model(model_cfg: Any) -> Any:
+    """The architecture with no weights: from the preset's numbers (offline), else the hub/local config.json."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_cfg.architecture:
+        arch = dict(model_cfg.architecture)
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(model_cfg.name, revision=model_cfg.revision,
+                                                trust_remote_code=model_cfg.trust_remote_code)
+        except OSError as error:
+            raise ConfigError("model.architecture", f"no architecture numbers and no config.json for "
+                              f"'{model_cfg.name}' ({str(error).splitlines()[0]})",
+                              "add model.architecture (model_type, hidden_size, ...) to the preset") from error
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    """name -> (in_features, out_features) of every linear-like layer (GPT-2's Conv1D stores them transposed)."""
+    shapes = {}
+    for name in targets.linear_layer_names(model):
+        module = model.get_submodule(name)
+        if type(module).__name__ == "Conv1D":
+            shapes[name] = tuple(module.weight.shape)
+        else:
+            shapes[name] = (module.in_features, module.out_features)
+    return shapes
+
+
+def lora_parameter_count(shapes: dict[str, tuple[int, int]], target_modules: list[str], r: int) -> tuple[int, int]:
+    """(trainable LoRA parameters, adapted layers) for PEFT's matching rule."""
+    adapted = [n for n in shapes if any(targets._matches(n, t) for t in target_modules)]
+    return sum(r * (shapes[n][0] + shapes[n][1]) for n in adapted), len(adapted)
+
+
+@dataclass
+class Estimate:
+    target_modules: list[str]
+    adapted_layers: int
+    trainable_params: int
+    total_params: int
+    adapter_mb: float
+    vram_parts: dict[str, float] = field(default_factory=dict)   # GiB each
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_pct(self) -> float:
+        return 100 * self.trainable_params / self.total_params
+
+    @property
+    def vram_gib(self) -> float:
+        return sum(self.vram_parts.values())
+
+    def as_dict(self) -> dict:
+        return {"target_modules": self.target_modules, "adapted_layers": self.adapted_layers,
+                "trainable_params": self.trainable_params, "total_params": self.total_params,
+                "trainable_pct": round(self.trainable_pct, 4), "adapter_mb": round(self.adapter_mb, 2),
+                "vram_gib": round(self.vram_gib, 2), "vram_parts": {k: round(v, 3) for k, v in self.vram_parts.items()},
+                "notes": self.notes}
+
+
+def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int, double_quant: bool) -> float:
+    """Frozen base weights as stored: quantized linear layers (lm_head stays 16-bit, as in bitsandbytes/Unsloth)."""
+    quantized = {n: s for n, s in shapes.items() if not n.endswith("lm_head")} if bits in (4, 8) else {}
+    quantized_params = sum(a * b for a, b in quantized.values())
+    other_params = sum(p.numel() for p in model.parameters()) - quantized_params
+    if bits == 4:
+        per_weight = 0.5 + (1 + 4 / DOUBLE_QUANT_BLOCK) / NF4_BLOCK if double_quant else 0.5 + 4 / NF4_BLOCK
+    else:
+        per_weight = 1.0
+    scales = sum(b for _, b in quantized.values()) * 4 if bits == 8 else 0  # one fp32 scale per output row
+    return quantized_params * per_weight + scales + other_params * 2
+
+
+def activation_bytes(config: Any, run: Any, target_modules: list[str]) -> float:
+    """Activations kept for backward for one micro-batch, in bf16.
+
+    Per token per layer, backward always keeps the norm inputs (2h), attention's q, k, v and output
+    (2h + 2 kv) and the MLP's gate, up and activation (3i). A frozen linear layer needs no input for backward,
+    but a LoRA-adapted one does: the attention input (h) once any of q/k/v is adapted, the MLP input (h) once
+    gate/up is, the down input (i) when down is, plus r per adapter. With gradient checkpointing only each
+    layer's input (h) is kept, plus one layer's full set while it is recomputed.
+    """
+    h = config.hidden_size
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h
+    heads = config.num_attention_heads
+    kv_dim = (getattr(config, "num_key_value_heads", None) or heads) * (h // heads)
+    names = " ".join(target_modules)
+    lora_inputs = (h * any(k in names for k in ("q_proj", "k_proj", "v_proj", "qkv", "c_attn", "query_key_value"))
+                   + h * any(k in names for k in ("gate", "up_proj", "c_fc", "fc1", "dense_h_to_4h"))
+                   + inter * any(k in names for k in ("down", "fc2", "mlp.c_proj", "dense_4h_to_h")))
+    per_token_layer = 4 * h + 2 * kv_dim + 3 * inter + lora_inputs + run.lora.r * len(target_modules)
+    tokens = run.trainer.per_device_train_batch_size * run.model.max_seq_length
+    layers = config.num_hidden_layers
+    if run.trainer.gradient_checkpointing:
+        return (layers * h + per_token_layer) * tokens * ACTIVATION_BYTES
+    return layers * per_token_layer * tokens * ACTIVATION_BYTES
+
+
+def logits_bytes(config: Any, run: Any) -> float:
+    """The output layer's logits: bf16, the fp32 copy the loss works on, and its gradient."""
+    tokens = run.trainer.per_device_train_batch_size * run.model.max_seq_length
+    return tokens * config.vocab_size * (2 + 4 + 4)
+
+
+def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] | None = None) -> Estimate:
+    """Parameter counts and a VRAM estimate for one choice of target modules."""
+    shapes = linear_shapes(model)
+    trainable, adapted = lora_parameter_count(shapes, target_modules, run.lora.r)
+    for extra in run.lora.modules_to_save or []:
+        trainable += sum(p.numel() for n, p in model.named_parameters() if f".{extra}." in f".{n}")
+    base_params = sum(p.numel() for p in model.parameters())
+    quantized = run.quantization.bits in (4, 8)
+    adapter_bytes = 2 if quantized else 4  # TRL keeps QLoRA adapters in bf16; PEFT upcasts 16-bit LoRA to fp32
+    t = run.trainer
+    optim = "adamw_8bit" if t.optim == "auto" else t.optim
+    parts = {
+        "base_weights": base_weight_bytes(model, shapes, run.quantization.bits, run.quantization.double_quant),
+        "lora_weights": trainable * adapter_bytes,
+        "lora_gradients": trainable * adapter_bytes,
+        "optimizer_states": trainable * OPTIMIZER_BYTES.get(optim, 8),
+        "activations": activation_bytes(model.config, run, target_modules),
+        "logits": logits_bytes(model.config, run),
+    }
+    return Estimate(target_modules=list(target_modules), adapted_layers=adapted, trainable_params=trainable,
+                    total_params=base_params + trainable, adapter_mb=trainable * adapter_bytes / 2**20,
+                    vram_parts={k: v / GIB for k, v in parts.items()}, notes=list(notes or []))

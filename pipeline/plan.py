@@ -1,0 +1,115 @@
+"""`python -m pipeline.plan`: price the configured run, and every target-module preset beside it, without weights.
+
+Same config tree as train. The model is built on the meta device from the preset's architecture numbers (offline),
+so nothing is downloaded and no GPU is needed. Writes plan.json into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import register_configs, register_resolvers, to_runconfig
+from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
+
+log = logging.getLogger(__name__)
+PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "lora" / "target_modules"
+
+register_resolvers()
+register_configs()
+
+
+def preset_roles() -> dict[str, list[str]]:
+    """Every preset in conf/lora/target_modules/, name -> roles."""
+    return {p.stem: list(OmegaConf.load(p).target_modules) for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def selected_preset(requested: list[str], choice: str | None, presets: dict[str, list[str]]) -> str:
+    """The chosen preset's name, or 'custom' when lora.target_modules was given explicitly."""
+    if choice in presets and presets[choice] == list(requested):
+        return choice
+    return "custom"
+
+
+def plan(run: Any, choice: str | None) -> dict:
+    from pipeline import estimate, targets
+
+    model = estimate.build_meta_model(run.model)
+    model_type = model.config.model_type
+    layer_names = targets.linear_layer_names(model)
+    presets = preset_roles()
+    selected = selected_preset(run.lora.target_modules, choice, presets)
+    choices = dict(presets)
+    if selected == "custom":
+        choices["custom"] = list(run.lora.target_modules)
+    results = {}
+    for name, requested in choices.items():
+        try:
+            resolution = targets.validate_against_model(targets.resolve(requested, model_type, name), layer_names)
+        except ConfigError:
+            if name == selected:
+                raise  # the user's own choice must resolve; other presets may not exist for this model
+            continue
+        results[name] = estimate.estimate(model, run, resolution.target_modules, resolution.notes).as_dict()
+    return {"model": run.model.name, "model_type": model_type, "selected": selected,
+            "settings": settings_of(run), "presets": results}
+
+
+def settings_of(run: Any) -> dict:
+    t = run.trainer
+    return {"r": run.lora.r, "quantization_bits": run.quantization.bits, "double_quant": run.quantization.double_quant,
+            "batch_size": t.per_device_train_batch_size, "max_seq_length": run.model.max_seq_length,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "optimizer": "adamw_8bit" if t.optim == "auto" else t.optim}
+
+
+def format_table(result: dict) -> str:
+    header = f"{'preset':<12} {'targets':<48} {'trainable':>13} {'%':>7} {'adapter MB':>10} {'VRAM GiB':>9}"
+    lines = [header, "-" * len(header)]
+    for name, p in result["presets"].items():
+        mark = "*" if name == result["selected"] else " "
+        lines.append(f"{mark}{name:<11} {','.join(p['target_modules'])[:48]:<48} {p['trainable_params']:>13,} "
+                     f"{p['trainable_pct']:>7.3f} {p['adapter_mb']:>10.1f} {p['vram_gib']:>9.2f}")
+    return "\n".join(lines)
+
+
+def format_parts(preset: dict) -> str:
+    return "  ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in preset["vram_parts"].items())
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run = to_runconfig(cfg)
+        result = plan(run, HydraConfig.get().runtime.choices.get("lora/target_modules"))
+    except ConfigError as error:
+        report_and_exit(error)
+    s = result["settings"]
+    selected = result["presets"][result["selected"]]
+    print(f"model {result['model']} ({result['model_type']}), {s['quantization_bits']}-bit base, r={s['r']}, "
+          f"batch {s['batch_size']} x {s['max_seq_length']} tokens, gradient checkpointing "
+          f"{'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}")
+    print(format_table(result))
+    print(f"\n* selected: {result['selected']}, {selected['total_params']:,} parameters in all; "
+          f"VRAM parts (GiB): {format_parts(selected)}")
+    for note in selected["notes"]:
+        print(f"note: {note}")
+    (run_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"plan written to {run_dir / 'plan.json'}")
+
+
+def cli() -> None:
+    install_hydra_error_handler()
+    main()
+
+
+if __name__ == "__main__":
+    cli()
