@@ -103,3 +103,38 @@ def test_print_config_does_not_import_torch(home: Path) -> None:
                 if line.startswith("import time:")}
     assert "hydra" in imported  # the listing works
     assert not imported & {"torch", "transformers", "unsloth", "trl", "peft"}
+
+
+def test_every_preset_trains_on_both_backends(tmp_path: Path, home: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "backend=unsloth,hf",
+                     "lora/target_modules=all_linear,attention,minimal,mlp", "logger=none", "trainer.max_steps=2",
+                     "data.val_size=0", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [summary_of(d) for d in sorted(sweep.iterdir()) if d.name.isdigit()]
+    assert len(summaries) == 8 and all(s["status"] == "completed" for s in summaries)
+    seen = {(s["backend"], s["target_modules"]["preset"]): s["target_modules"] for s in summaries}
+    assert seen[("hf", "minimal")]["target_modules"] == ["q_proj", "v_proj"]
+    assert seen[("unsloth", "mlp")]["target_modules"] == ["gate_proj", "up_proj", "down_proj"]
+    assert seen[("hf", "attention")]["trainable_params"] == seen[("unsloth", "attention")]["trainable_params"]
+
+
+def test_plan_cli_writes_plan_json_offline(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "plan"
+    result = run_cli("pipeline.plan", "model=llama3_1_8b", "lora.r=16", f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["selected"] == "all_linear" and set(plan["presets"]) == {"all_linear", "attention", "minimal", "mlp"}
+    assert plan["presets"]["all_linear"]["trainable_params"] == 41_943_040
+    assert "41,943,040" in result.stdout and "6,815,744" in result.stdout
+    for key in ("target_modules", "trainable_params", "total_params", "trainable_pct", "adapter_mb", "vram_gib",
+                "vram_parts"):
+        assert key in plan["presets"]["minimal"]
+
+
+def test_plan_refuses_a_missing_module(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.plan", "model=phi3_mini", "lora.target_modules=[q_proj,foo_proj]",
+                     f"hydra.run.dir={tmp_path / 'plan'}", home=home)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: lora.target_modules: 'q_proj' matches no linear layer")
+    assert "qkv_proj" in result.stderr and "Traceback" not in result.stderr

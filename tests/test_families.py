@@ -1,0 +1,129 @@
+"""Presets resolve to real module names on every supported family, and plan's counts equal PEFT's on real models."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from pipeline import estimate, targets
+from pipeline.plan import preset_roles
+
+SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+# transformers config class name -> extra fields; each builds a tiny random model offline
+FAMILIES = {
+    "LlamaConfig": dict(intermediate_size=64, num_key_value_heads=2),
+    "MistralConfig": dict(intermediate_size=64, num_key_value_heads=2),
+    "Qwen2Config": dict(intermediate_size=64, num_key_value_heads=2),
+    "Qwen3Config": dict(intermediate_size=64, num_key_value_heads=2, head_dim=8),
+    "GemmaConfig": dict(intermediate_size=64, num_key_value_heads=2, head_dim=8),
+    "Gemma2Config": dict(intermediate_size=64, num_key_value_heads=2, head_dim=8),
+    "Phi3Config": dict(intermediate_size=64, num_key_value_heads=4, pad_token_id=0),
+    "GPT2Config": dict(n_embd=32, n_layer=2, n_head=4),
+    "GPTNeoXConfig": dict(intermediate_size=64),
+    "FalconConfig": dict(new_decoder_architecture=False),
+    "BloomConfig": dict(n_layer=2, n_head=4),
+    "OPTConfig": dict(ffn_dim=64, word_embed_proj_dim=32),
+}
+
+
+def tiny_model(config_name: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**{**SMALL, **FAMILIES[config_name]})
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def peft_trainable(model, target_modules: list[str], r: int) -> int:
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=r, target_modules=target_modules, task_type="CAUSAL_LM"))
+    return peft_model.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("config_name", sorted(FAMILIES))
+@pytest.mark.parametrize("preset", ["all_linear", "attention", "minimal", "mlp"])
+def test_preset_resolves_and_counts_match_peft(config_name: str, preset: str) -> None:
+    model = tiny_model(config_name)
+    roles = preset_roles()[preset]
+    resolution = targets.resolve(roles, model.config.model_type, preset)
+    layers = targets.linear_layer_names(model)
+    targets.validate_against_model(resolution, layers)  # raises if a name matches nothing
+    assert resolution.adapted_layers >= 2  # at least one module per layer
+    planned, adapted = estimate.lora_parameter_count(estimate.linear_shapes(model), resolution.target_modules, r=4)
+    assert adapted == resolution.adapted_layers
+    assert planned == peft_trainable(model, resolution.target_modules, r=4)
+
+
+def test_gpt2_attention_preset_leaves_the_mlp_projection_alone() -> None:
+    model = tiny_model("GPT2Config")
+    resolution = targets.validate_against_model(targets.resolve(["q", "k", "v", "o"], "gpt2"),
+                                                targets.linear_layer_names(model))
+    assert resolution.target_modules == ["c_attn", "attn.c_proj"]
+    assert resolution.adapted_layers == 4  # c_attn and attn.c_proj in 2 layers, not mlp.c_proj
+
+
+def test_plan_counts_for_llama_3_1_8b() -> None:
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.plan import plan
+
+    result = plan(to_runconfig(compose("model=llama3_1_8b", "lora.r=16")), "all_linear")
+    assert result["presets"]["all_linear"]["trainable_params"] == 41_943_040
+    assert result["presets"]["minimal"]["trainable_params"] == 6_815_744
+    assert result["presets"]["attention"]["trainable_params"] == 13_631_488
+    assert result["selected"] == "all_linear"
+    parts = result["presets"]["all_linear"]["vram_parts"]
+    assert set(parts) == {"base_weights", "lora_weights", "lora_gradients", "optimizer_states", "activations",
+                          "logits"}
+    # NF4 + double quant: ~4.13 bits per quantized weight; embeddings and lm_head stay 16-bit
+    assert 5.0 < parts["base_weights"] < 5.6
+
+
+def test_plan_matches_the_real_tiny_model() -> None:
+    from conftest import compose
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.config import to_runconfig
+    from pipeline.plan import plan
+
+    run = to_runconfig(compose("model=tiny"))
+    result = plan(run, "all_linear")
+    for name, preset in result["presets"].items():
+        model = AutoModelForCausalLM.from_pretrained(run.model.name)
+        peft_model = get_peft_model(model, LoraConfig(r=run.lora.r, target_modules=preset["target_modules"]))
+        assert (preset["trainable_params"], preset["total_params"]) == peft_model.get_nb_trainable_parameters(), name
+
+
+def test_vram_estimate_responds_to_the_settings() -> None:
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+
+    def vram(*overrides: str) -> float:
+        run = to_runconfig(compose("model=llama3_1_8b", *overrides))
+        model = estimate.build_meta_model(run.model)
+        names = targets.resolve(run.lora.target_modules, "llama").target_modules
+        return estimate.estimate(model, run, names).vram_gib
+
+    qlora = vram()
+    assert vram("quantization=none") > qlora + 9  # 16-bit base: ~15 GiB vs ~5.3 GiB
+    assert vram("trainer.gradient_checkpointing=false") > qlora + 5
+    assert vram("trainer.optim=adamw_torch") > qlora
+    assert vram("trainer.gradient_checkpointing=false", "lora/target_modules=minimal") < \
+        vram("trainer.gradient_checkpointing=false")
+
+
+def test_a_preset_missing_from_a_model_is_refused_with_the_real_names() -> None:
+    from pipeline.errors import ConfigError
+
+    model = tiny_model("LlamaConfig")
+    with pytest.raises(ConfigError) as info:
+        targets.validate_against_model(targets.resolve(["q_proj", "foo_proj"], "llama"),
+                                       targets.linear_layer_names(model))
+    assert "foo_proj" in str(info.value) and "q_proj" in str(info.value) and "down_proj" in str(info.value)
+
+
