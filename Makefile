@@ -36,7 +36,7 @@ test: setup ## run the whole test suite (configs, units, end to end)
 	$(PY) -m pytest -q
 
 lint: setup ## ruff
-	$(PY) -m ruff check pipeline tests tools
+	$(PY) -m ruff check pipeline tests tools benchmarks
 
 assets: setup ## rebuild the shipped tiny model and sample data (deterministic)
 	$(PY) tools/make_tiny_data.py

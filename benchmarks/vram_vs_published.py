@@ -77,7 +77,8 @@ def main() -> None:
         errors.append((planned - published) / published)
         print(f"| {label} | {published:.1f} | {planned:.1f} | {100 * errors[-1]:+.0f}% |")
     within = sum(abs(e) <= 0.2 for e in errors)
-    print(f"\n{within} of {len(errors)} within ±20%; mean absolute error {100 * sum(map(abs, errors)) / len(errors):.0f}%")
+    mean_error = 100 * sum(map(abs, errors)) / len(errors)
+    print(f"\n{within} of {len(errors)} within ±20%; mean absolute error {mean_error:.0f}%")
 
 
 if __name__ == "__main__":
