@@ -116,15 +116,49 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def _nested_schema(field: dataclasses.Field) -> Any:
+    """The dataclass type a field holds, or None for a plain value."""
+    if field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return None
+    value = field.default_factory()  # type: ignore[misc]
+    return type(value) if dataclasses.is_dataclass(value) else None
+
+
 def field_names(dotted_parent: str) -> list[str]:
     """The keys the schema allows under a dotted parent, for 'did you mean' hints."""
     node: Any = TrainConfig
     for part in filter(None, dotted_parent.split(".")):
-        types = {f.name: f for f in dataclasses.fields(node)}
-        if part not in types or not dataclasses.is_dataclass(types[part].default_factory()):  # type: ignore[misc]
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        node = _nested_schema(fields[part]) if part in fields else None
+        if node is None:
             return []
-        node = type(types[part].default_factory())  # type: ignore[misc]
     return [f.name for f in dataclasses.fields(node)]
+
+
+def suggest_key(parent: str, name: str) -> str:
+    """A 'did you mean' for an unknown key: a known synonym, a near spelling, or the same name in another group."""
+    here = field_names(parent)
+    prefix = f"{parent}." if parent else ""
+    wanted = KEY_SYNONYMS.get(name, name)
+    if wanted in here:
+        return f"did you mean '{prefix}{wanted}'?"
+    groups = [g for g in field_names("") if field_names(g)]
+    for group in groups:
+        if wanted in field_names(group):
+            return f"did you mean '{group}.{wanted}'?"
+    return did_you_mean(name, here, prefix=prefix)
+
+
+def reject_unknown_keys(cfg: Any, schema: Any = TrainConfig, parent: str = "") -> None:
+    """Keys added with `+key=value` skip Hydra's struct check; refuse any the schema does not know."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in cfg:
+        dotted = f"{parent}.{key}" if parent else str(key)
+        if key not in fields:
+            raise ConfigError(dotted, "unknown key", suggest_key(parent, str(key)) or "remove it")
+        nested = _nested_schema(fields[key])
+        if nested is not None:
+            reject_unknown_keys(cfg[key], nested, dotted)
 
 
 # --- semantic checks: values that type-check but make no sense ------------------------------------------------
@@ -190,6 +224,7 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that type-checks but cannot work."""
+    reject_unknown_keys(cfg)
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
@@ -252,3 +287,17 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("pipeline.repo_path"):
         OmegaConf.register_new_resolver("pipeline.repo_path", _repo_path)
         OmegaConf.register_new_resolver("pipeline.suffix", lambda name: f"_{name}" if name else "")
+
+
+def preset_roles() -> dict[str, list[str]]:
+    """Every preset in conf/lora/target_modules/, name -> roles."""
+    from pathlib import Path
+
+    folder = Path(_repo_path("conf/lora/target_modules"))
+    return {p.stem: list(OmegaConf.load(p).target_modules) for p in sorted(folder.glob("*.yaml"))}
+
+
+def preset_label(requested: list[str], choice: Optional[str]) -> str:
+    """The chosen preset's name, or 'custom' when lora.target_modules was given explicitly."""
+    presets = preset_roles()
+    return choice if choice in presets and presets[choice] == list(requested) else "custom"

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 FORMAT_COLUMNS = {
     "messages": ("messages",),
@@ -76,7 +76,12 @@ def _load_one(source: str, data: Any) -> Any:
 
     files = _local_files(source)
     if files is None:  # a hub dataset id
-        return load_dataset(source, data.subset, split=data.split)
+        try:
+            return load_dataset(source, data.subset, split=data.split)
+        except Exception as error:  # noqa: BLE001 - network, auth, missing repo or split: all the user's to fix
+            raise ConfigError("data.source", f"cannot load hub dataset '{source}': {first_line(error)}",
+                              "check the id, data.subset and data.split, and network access "
+                              "(or point data.source at a local file)") from error
     if not files:
         raise ConfigError("data.source", f"no data files match {source}",
                           f"use {', '.join(sorted(LOCAL_BUILDERS))} files")
@@ -84,7 +89,32 @@ def _load_one(source: str, data: Any) -> Any:
     if builder is None:
         raise ConfigError("data.source", f"cannot read {files[0]}",
                           f"use one of {', '.join(sorted(LOCAL_BUILDERS))}")
-    return load_dataset(builder, data_files=files, split="train")
+    for path in files:
+        if path.endswith(".jsonl"):
+            check_jsonl(path)
+    try:
+        return load_dataset(builder, data_files=files, split="train")
+    except Exception as error:  # noqa: BLE001 - a file datasets cannot parse
+        raise ConfigError("data.source", f"cannot parse {', '.join(files)}: {first_line(error)}",
+                          "fix the file, or convert it to JSONL") from error
+
+
+def check_jsonl(path: str) -> None:
+    """Name the file and line of the first malformed JSONL record (datasets only says 'failed to generate')."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError("data.source", f"{path}:{number}: not valid JSON ({error.msg})",
+                                  "fix or remove that line") from error
+            if not isinstance(record, dict):
+                raise ConfigError("data.source", f"{path}:{number}: a JSONL line must be an object",
+                                  'write one {"column": value, ...} object per line')
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
@@ -111,8 +141,16 @@ def _alpaca_to_prompt_completion(row: dict) -> dict:
 
 
 def _sharegpt_to_messages(row: dict) -> dict:
-    return {"messages": [{"role": SHAREGPT_ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
-                         for turn in row["conversations"]]}
+    """from/value turns (ShareGPT) or role/content turns under a `conversations` column -> messages."""
+    messages = []
+    for turn in row["conversations"]:
+        role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        if role not in SHAREGPT_ROLES or content is None:
+            raise ConfigError("data.format", f"a conversation turn has role {role!r} and content {content!r}",
+                              f"use roles {sorted(SHAREGPT_ROLES)} with from/value or role/content keys")
+        messages.append({"role": SHAREGPT_ROLES[role], "content": content})
+    return {"messages": messages}
 
 
 def _messages_to_prompt_completion(row: dict) -> dict:
@@ -142,7 +180,6 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
         return dataset.map(_alpaca_to_prompt_completion, remove_columns=columns), False, True
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
-        columns = dataset.column_names
     dataset = dataset.select_columns(["messages"])
     if not responses:
         return dataset, False, False

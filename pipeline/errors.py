@@ -48,14 +48,11 @@ _AVAILABLE = re.compile(r"Available options in '[^']+':\n((?:\t.*\n?)+)")
 _FULL_KEY = re.compile(r"full_key: (\S+)")
 _NOT_IN_STRUCT = re.compile(r"Key '([^']+)' (?:not in|is not in struct)")
 _CONVERT = re.compile(r"Value '([^']*)' (?:of type '[^']*' )?could not be converted to (\w+)")
+_NOT_OPTIONAL = re.compile(r"field '([^']+)' is not Optional")
+_NOT_A_LIST = re.compile(r"is not a ListConfig, list or tuple")
+_NOT_A_DICT = re.compile(r"is not a (?:DictConfig|dict)|Cannot merge (?:DictConfig|ListConfig) with|"
+                         r"Cannot assign \w+ to Dict")
 _BAD_ENUM = re.compile(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]")
-
-
-def _schema_fields(dotted_parent: str) -> list[str]:
-    """Field names the schema allows under a dotted parent ('' for the root)."""
-    from pipeline import config  # local: errors.py must stay importable without the schema
-
-    return config.field_names(dotted_parent)
 
 
 def translate_compose_error(ex: BaseException) -> ConfigError | None:
@@ -68,7 +65,8 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
     if missing:
         group, option = missing.groups()
         avail = _AVAILABLE.search(full)
-        options = [o.strip() for o in avail.group(1).splitlines() if o.strip()] if avail else []
+        options = [o.strip() for o in avail.group(1).splitlines()
+                   if o.strip() and not o.strip().endswith("_schema")] if avail else []
         return ConfigError(group, f"unknown option '{option}'",
                            did_you_mean(option, options) or f"add conf/{group}/{option}.yaml")
 
@@ -77,18 +75,22 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
 
     not_in = _NOT_IN_STRUCT.search(full)
     if not_in:
-        parent = key.rpartition(".")[0]
-        name = not_in.group(1)
-        from pipeline.config import KEY_SYNONYMS
+        from pipeline.config import suggest_key
 
-        hint = did_you_mean(name, _schema_fields(parent), KEY_SYNONYMS, prefix=f"{parent}." if parent else "")
-        return ConfigError(key, "unknown key", hint or "remove it")
+        return ConfigError(key, "unknown key", suggest_key(key.rpartition(".")[0], not_in.group(1)) or "remove it")
 
     convert = _CONVERT.search(full)
     if convert:
         value, kind = convert.groups()
         kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(kind, kind)
         return ConfigError(key, f"'{value}' is not {kind}", f"give {key}=<{kind}>")
+
+    if _NOT_OPTIONAL.search(full):
+        return ConfigError(key, "cannot be null", f"give {key} a value")
+    if _NOT_A_LIST.search(full):
+        return ConfigError(key, "expects a list", f"write it as {key}=[a,b] (quote it in the shell)")
+    if _NOT_A_DICT.search(full):
+        return ConfigError(key, "expects a mapping, not a single value", f"write it as {key}={{a: b}}")
 
     enum = _BAD_ENUM.search(full)
     if enum:
@@ -97,10 +99,19 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
         return ConfigError(key, f"'{value}' is not allowed", did_you_mean(value, opts))
 
     if "Could not override" in full or "Error merging override" in full or "Could not append" in full:
-        first = [line for line in full.splitlines() if line.strip()]
-        detail = first[-1].strip() if first else text
-        return ConfigError(key, detail, "check the override's key and value")
+        return ConfigError(key, _cause_line(cause, text), "check the override's key and value")
     return None
+
+
+def _cause_line(cause: BaseException | None, text: str) -> str:
+    """The line that says what went wrong (OmegaConf puts it first, then full_key/object_type details)."""
+    for candidate in (str(cause) if cause is not None else "", text):
+        for line in candidate.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("full_key:", "object_type", "reference_type", "Could not override",
+                                             "Error merging override", "To append")):
+                return line.rstrip(".")
+    return "invalid override"
 
 
 def to_config_error(ex: BaseException) -> ConfigError | None:
@@ -112,6 +123,12 @@ def to_config_error(ex: BaseException) -> ConfigError | None:
             return ex
         ex = ex.__cause__ or ex.__context__
     return None
+
+
+def first_line(ex: BaseException) -> str:
+    """The first non-empty line of an exception's message, for one-line errors."""
+    lines = [line.strip() for line in str(ex).splitlines() if line.strip()]
+    return (lines[0] if lines else type(ex).__name__).rstrip(".")
 
 
 def report_and_exit(error: ConfigError) -> None:

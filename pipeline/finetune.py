@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from pipeline import data as data_lib
 from pipeline import targets, tracking
 from pipeline.backends import get_backend, loaded_quantization
 from pipeline.config import TrainConfig, to_plain_dict
+from pipeline.errors import ConfigError, first_line
 from pipeline.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -32,9 +35,20 @@ def load_tokenizer(run: TrainConfig) -> Any:
     """The tokenizer alone (seconds, no weights), with the configured chat template applied."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
-                                              trust_remote_code=run.model.trust_remote_code)
+    with model_load_errors(run.model.name):
+        tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
+                                                  trust_remote_code=run.model.trust_remote_code)
     return data_lib.apply_named_chat_template(tokenizer, run.model.chat_template)
+
+
+@contextmanager
+def model_load_errors(name: str) -> Iterator[None]:
+    """A missing, gated or unreachable model is the user's to fix: one line naming model.name."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise ConfigError("model.name", f"cannot load '{name}': {first_line(error)}",
+                          "check the hub id or local path, network access and HF_TOKEN for gated models") from error
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -57,12 +71,13 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
 
     started = time.time()
     precision = resolve_precision(run.model.dtype)
-    preset = ctx.get("choices", {}).get("lora/target_modules", "custom")
+    preset = ctx.get("preset", "custom")
 
     # --- setup -----------------------------------------------------------------------------------------------
     datasets = data_lib.build(run.data, load_tokenizer(run), run.seed)
     set_seed(run.seed)
-    model, tokenizer = backend.load(run, precision)
+    with model_load_errors(run.model.name):
+        model, tokenizer = backend.load(run, precision)
     tokenizer = data_lib.apply_named_chat_template(tokenizer, run.model.chat_template)
     resolution = targets.resolve(run.lora.target_modules, model.config.model_type, preset)
     targets.validate_against_model(resolution, targets.linear_layer_names(model))
@@ -90,15 +105,6 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
         for blocker in backend.fast_path_blockers(run, _resolved_roles(run.lora.target_modules)):
             log.info("note: Unsloth's fused LoRA fast path is off on GPU: %s", blocker)
 
-    config_dict = to_plain_dict(run)
-    reporting.write_resolved_config(run_dir, config_dict)
-    metrics = reporting.MetricsFileCallback(run_dir / "metrics.jsonl")
-    wandb_run = tracking.start(run, config_dict, run_dir, ctx)
-    sft_config = training.build_sft_config(run, precision, run_dir / "checkpoints", datasets,
-                                           ["wandb"] if wandb_run is not None else ["none"],
-                                           tracking.run_name(run, ctx))
-    trainer = training.build_trainer(model, tokenizer, datasets, sft_config, [metrics], precision)
-
     summary: dict[str, Any] = {
         "status": "failed", "model": run.model.name, "model_type": model.config.model_type,
         "backend": run.backend, "quantization": loaded_quantization(model), "precision": precision.name,
@@ -108,12 +114,22 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
         "eval_samples": len(datasets.eval) if datasets.eval else 0, "data_format": datasets.format,
         "run_dir": str(run_dir),
     }
-    # --- train / save ----------------------------------------------------------------------------------------
+    config_dict = to_plain_dict(run)
+    reporting.write_resolved_config(run_dir, config_dict)
+    metrics = reporting.MetricsFileCallback(run_dir / "metrics.jsonl")
+    wandb_run, trainer = None, None
+    # --- train / save: the report below is written whatever happens, so a failed sweep job explains itself ----
     try:
-        output = trainer.train()
+        wandb_run = tracking.start(run, config_dict, run_dir, ctx)
+        sft_config = training.build_sft_config(run, precision, run_dir / "checkpoints", datasets,
+                                               ["wandb"] if wandb_run is not None else ["none"],
+                                               tracking.run_name(run, ctx))
+        trainer = training.build_trainer(model, tokenizer, datasets, sft_config, [metrics], precision)
+        with stop_on_sigterm():
+            output = trainer.train()
         summary["train_loss"] = output.training_loss
         if datasets.eval is not None:
-            summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+            summary["eval_loss"] = final_eval_loss(trainer, metrics.rows)
         trainer.model.save_pretrained(run_dir / "adapter")
         tokenizer.save_pretrained(run_dir / "adapter")
         summary["status"] = "completed"
@@ -121,21 +137,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
         summary["status"] = "interrupted"
         raise
     finally:
-        # --- report: written whatever happened, so a failed job in a sweep still explains itself -----------
-        train_losses = reporting.loss_values(metrics.rows, "loss")
-        state = trainer.state
         runtime = time.time() - started
-        summary.update({
-            "initial_loss": train_losses[0][1] if train_losses else None,
-            "final_loss": train_losses[-1][1] if train_losses else None,
-            "global_step": state.global_step,
-            "runtime_s": round(runtime, 2),
-            "tokens_per_second": round(state.num_input_tokens_seen / runtime, 1)
-            if state.num_input_tokens_seen else _tokens_per_second(metrics.rows, runtime),
-            "peak_memory_mb": round(reporting.peak_memory_mb(precision.device), 1),
-            "versions": reporting.versions(),
-            "git_sha": reporting.git_sha(),
-        })
+        summary.update(training_facts(trainer, metrics.rows, runtime, precision.device))
         reporting.write_summary(run_dir, summary)
         if metrics.rows:
             reporting.plot_loss(run_dir, metrics.rows, tracking.run_name(run, ctx))
@@ -144,11 +147,61 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     return FinetuneResult(summary, trainer.model, tokenizer)
 
 
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (kill, SLURM preemption) ends training like Ctrl-C: the run is reported as interrupted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def final_eval_loss(trainer: Any, rows: list[dict]) -> float:
+    """The eval loss at the last step: reuse the trainer's own evaluation when it just ran one."""
+    last = [r for r in rows if "eval_loss" in r]
+    if last and last[-1]["step"] == trainer.state.global_step:
+        return last[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def training_facts(trainer: Any, rows: list[dict], runtime: float, device: str) -> dict:
+    from pipeline import reporting
+
+    losses = reporting.loss_values(rows, "loss")
+    state = trainer.state if trainer is not None else None
+    seen = state.num_input_tokens_seen if state is not None else 0
+    return {
+        "initial_loss": losses[0][1] if losses else None,
+        "final_loss": losses[-1][1] if losses else None,
+        "global_step": state.global_step if state is not None else 0,
+        "runtime_s": round(runtime, 2),
+        "tokens_per_second": round(seen / runtime, 1) if seen else _tokens_per_second(rows, runtime),
+        "peak_memory_mb": round(reporting.peak_memory_mb(device), 1),
+        "versions": reporting.versions(),
+        "git_sha": reporting.git_sha(),
+    }
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def print_summary(summary: dict, run_dir: Path) -> None:
-    eval_loss = f"{summary['eval_loss']:.4f}" if "eval_loss" in summary else "-"
     print_header({
         "status": summary["status"],
-        "loss": f"{summary['initial_loss']:.4f} -> {summary['final_loss']:.4f} (eval {eval_loss})",
+        "loss": f"{_loss(summary['initial_loss'])} -> {_loss(summary['final_loss'])} "
+                f"(eval {_loss(summary.get('eval_loss'))})",
         "steps": f"{summary['global_step']} in {summary['runtime_s']} s ({summary['tokens_per_second']} tokens/s)",
         "peak memory": f"{summary['peak_memory_mb']:.0f} MB",
         "adapter": str(run_dir / "adapter"),

@@ -12,28 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.config import register_configs, register_resolvers, to_runconfig
+from pipeline.config import preset_label, preset_roles, register_configs, register_resolvers, to_runconfig
 from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
 
 log = logging.getLogger(__name__)
-PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "lora" / "target_modules"
 
 register_resolvers()
 register_configs()
-
-
-def preset_roles() -> dict[str, list[str]]:
-    """Every preset in conf/lora/target_modules/, name -> roles."""
-    return {p.stem: list(OmegaConf.load(p).target_modules) for p in sorted(PRESET_DIR.glob("*.yaml"))}
-
-
-def selected_preset(requested: list[str], choice: str | None, presets: dict[str, list[str]]) -> str:
-    """The chosen preset's name, or 'custom' when lora.target_modules was given explicitly."""
-    if choice in presets and presets[choice] == list(requested):
-        return choice
-    return "custom"
 
 
 def plan(run: Any, choice: str | None) -> dict:
@@ -43,7 +30,7 @@ def plan(run: Any, choice: str | None) -> dict:
     model_type = model.config.model_type
     layer_names = targets.linear_layer_names(model)
     presets = preset_roles()
-    selected = selected_preset(run.lora.target_modules, choice, presets)
+    selected = preset_label(run.lora.target_modules, choice)
     choices = dict(presets)
     if selected == "custom":
         choices["custom"] = list(run.lora.target_modules)

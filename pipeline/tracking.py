@@ -21,6 +21,15 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+def check_credentials(run: Any) -> None:
+    """logger.mode=online without credentials would stop at W&B's prompt or error: refuse it up front."""
+    if run.logger.kind == "wandb" and run.logger.mode == "online" and not has_wandb_credentials():
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("logger.mode", "online needs W&B credentials and none were found",
+                          "set WANDB_API_KEY or run `wandb login`, or use logger.mode=offline")
+
+
 def choose_mode(configured: str) -> str:
     """`auto`: WANDB_MODE if set, else online with credentials, else offline (sync later with `wandb sync`)."""
     if configured != "auto":
@@ -42,7 +51,7 @@ def hydra_context() -> dict[str, Any]:
         return {}
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    return {"choices": dict(hc.runtime.choices), "multirun": multirun,
+    return {"choices": dict(hc.runtime.choices), "multirun": multirun, "preset": "custom",
             "job_num": hc.job.num if multirun else None, "sweep_dir": hc.sweep.dir if multirun else None,
             "overrides": list(hc.overrides.task)}
 
@@ -50,7 +59,7 @@ def hydra_context() -> dict[str, Any]:
 def run_name(run: Any, ctx: dict[str, Any]) -> str:
     choices = ctx.get("choices", {})
     base = run.name or choices.get("experiment") or choices.get("model") or "run"
-    parts = [base, choices.get("lora/target_modules", "custom"), f"r{run.lora.r}"]
+    parts = [base, ctx.get("preset", "custom"), f"r{run.lora.r}"]
     if ctx.get("multirun"):
         parts.append(f"job{ctx['job_num']}")
     return "-".join(str(p) for p in parts)
@@ -61,8 +70,7 @@ def sweep_group(run: Any, ctx: dict[str, Any]) -> str | None:
     if run.logger.group:
         return run.logger.group
     if ctx.get("multirun") and ctx.get("sweep_dir"):
-        date, time = Path(ctx["sweep_dir"]).parts[-2:]
-        return f"sweep-{date}-{time}"
+        return "sweep-" + "-".join(Path(ctx["sweep_dir"]).parts[-2:])  # e.g. sweep-2026-11-24-05-00-00
     return None
 
 
@@ -77,11 +85,18 @@ def start(run: Any, config: dict, run_dir: Path, ctx: dict[str, Any]) -> Any:
 
     os.environ.setdefault("WANDB_LOG_MODEL", "false")  # adapters stay in the run directory, not W&B artifacts
     choices = ctx.get("choices", {})
-    tags = [t for t in (choices.get("model"), choices.get("lora/target_modules"), choices.get("quantization"),
-                        run.backend) if t] + list(run.logger.tags)
-    return wandb.init(project=run.logger.project, entity=run.logger.entity, name=run_name(run, ctx),
-                      group=sweep_group(run, ctx), tags=tags, config=config, dir=str(run_dir), mode=mode,
-                      settings=wandb.Settings(silent=True, init_timeout=90), reinit="finish_previous")
+    tags = [t for t in (choices.get("model"), ctx.get("preset"), choices.get("quantization"), run.backend)
+            if t] + list(run.logger.tags)
+    kwargs = dict(project=run.logger.project, entity=run.logger.entity, name=run_name(run, ctx),
+                  group=sweep_group(run, ctx), tags=tags, config=config, dir=str(run_dir), reinit="finish_previous")
+    if mode != "online":
+        return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
+    try:
+        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=30), **kwargs)
+    except Exception as error:  # noqa: BLE001 - no network, bad key, server down: keep training, log offline
+        log.warning("W&B: could not go online (%s); logging offline to the run directory instead "
+                    "(upload later with `wandb sync`)", str(error).splitlines()[0] if str(error) else error)
+        return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
 
 
 def finish(wandb_run: Any, summary: dict, exit_code: int = 0) -> None:

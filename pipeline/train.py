@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.config import register_configs, register_resolvers, to_runconfig
+from pipeline.config import preset_label, register_configs, register_resolvers, to_runconfig
 from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,12 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = output_dir()
     try:
         run = to_runconfig(cfg)  # every value checked before anything heavy is imported or loaded
+        ctx = tracking.hydra_context()
+        ctx["preset"] = preset_label(run.lora.target_modules, ctx["choices"].get("lora/target_modules"))
+        tracking.check_credentials(run)  # before anything loads
         from pipeline.finetune import finetune
 
-        summary = finetune(run, run_dir, tracking.hydra_context()).summary
+        summary = finetune(run, run_dir, ctx).summary
     except ConfigError as error:
         remove_if_only_hydra_files(run_dir)
         if not tracking.hydra_context().get("multirun"):
@@ -52,7 +56,12 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     install_hydra_error_handler()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # summary.json already says "interrupted"; checkpoints written so far stay in the run directory
+        sys.stderr.write("interrupted: training stopped; see summary.json in the run directory\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

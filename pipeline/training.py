@@ -42,6 +42,7 @@ def build_sft_config(run: Any, precision: Precision, checkpoints_dir: Path, data
         optim=choose_optimizer(t.optim, precision),
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
+        logging_first_step=True,  # the starting loss is always on record, even for runs shorter than logging_steps
         eval_strategy=eval_strategy(t, datasets.eval is not None),
         eval_steps=t.eval_steps,
         save_strategy="steps",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import estimate, targets
-from pipeline.plan import preset_roles
+from pipeline.config import preset_roles
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 # transformers config class name -> extra fields; each builds a tiny random model offline

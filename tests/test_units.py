@@ -67,6 +67,19 @@ def test_wandb_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert tracking.choose_mode("auto") == "online"
 
 
+def test_online_without_credentials_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run = to_runconfig(compose("logger=wandb", "logger.mode=online"))
+    with pytest.raises(ConfigError, match="logger.mode: online needs W&B credentials"):
+        tracking.check_credentials(run)
+    tracking.check_credentials(to_runconfig(compose("logger=wandb")))  # auto: fine, it falls back to offline
+
+
 def test_jobs_of_one_sweep_share_a_group() -> None:
     from conftest import compose
 
@@ -74,11 +87,19 @@ def test_jobs_of_one_sweep_share_a_group() -> None:
 
     run = to_runconfig(compose("experiment=quickstart"))
     ctx = {"multirun": True, "sweep_dir": "outputs/multirun/2026-11-24/05-00-00", "job_num": 1,
-           "choices": {"lora/target_modules": "attention"}}
+           "choices": {"lora/target_modules": "attention"}, "preset": "attention"}
     assert tracking.sweep_group(run, ctx) == tracking.sweep_group(run, {**ctx, "job_num": 0}) \
         == "sweep-2026-11-24-05-00-00"
     assert tracking.sweep_group(run, {}) is None
+    assert tracking.sweep_group(run, {**ctx, "sweep_dir": "swp"}) == "sweep-swp"  # a one-part sweep dir works
     assert tracking.run_name(run, ctx) == "quickstart-attention-r16-job1"
+
+
+def test_preset_label_says_custom_for_literal_lists() -> None:
+    from pipeline.config import preset_label
+
+    assert preset_label(["q", "v"], "minimal") == "minimal"
+    assert preset_label(["q_proj"], "all_linear") == "custom"
 
 
 def test_secrets_are_removed_at_any_depth() -> None:
