@@ -19,6 +19,15 @@ CASES = [
     ("lora/target_modules=attn", "error: lora/target_modules: unknown option 'attn'"),
     ("backend=vllm", "error: backend: 'vllm' is not allowed"),
     ("trainer.learning_rate=2", "error: trainer.learning_rate: 2.0 is out of range"),
+    ("+lora.rank=8", "error: lora.rank: unknown key. Did you mean 'lora.r'?"),  # `+` skips Hydra's struct check
+    ("+trainer.foo=1", "error: trainer.foo: unknown key"),
+    ("lr=1e-4", "error: lr: unknown key. Did you mean 'trainer.learning_rate'?"),
+    ("model.name=null", "error: model.name: cannot be null"),
+    ("lora.target_modules=q", "error: lora.target_modules: expects a list"),
+    ("logger.mode=online", "error: logger.mode: online needs W&B credentials"),
+    ("data.source=no-such-org/no-such-dataset", "error: data.source: cannot load hub dataset"),
+    ("model.name=no-such-org/no-such-model", "error: model.name: cannot load 'no-such-org/no-such-model'"),
+    ("data.source=missing/file.jsonl", "error: data.source: file not found: missing/file.jsonl"),
 ]
 
 
@@ -32,6 +41,16 @@ def test_bad_config_is_one_line_and_exit_2(override: str, expected: str, tmp_pat
     assert lines[0].startswith(expected), lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()  # nothing half-written
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path: Path, home: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [oops\n')
+    result = run_cli("pipeline.train", "experiment=quickstart", f"data.source={bad}",
+                     f"hydra.run.dir={tmp_path / 'run'}", home=home)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: data.source: {bad}:2: not valid JSON")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_target_module_names_the_real_layers(tmp_path: Path, home: Path) -> None:
