@@ -210,17 +210,3 @@ def build(data: Any, tokenizer: Any, seed: int) -> Datasets:
     dataset, assistant_only, completion_only = normalize(dataset, fmt, data.loss_on, tokenizer)
     train, evaluation = split(dataset, data.val_size, seed)
     return Datasets(train, evaluation, fmt, assistant_only, completion_only)
-
-
-def apply_named_chat_template(tokenizer: Any, name: str | None) -> Any:
-    """Replace the tokenizer's template with one of Unsloth's named templates (`llama-3.1`, `chatml`, ...)."""
-    if not name:
-        return tokenizer
-    from unsloth.chat_templates import CHAT_TEMPLATES, get_chat_template
-
-    if name not in CHAT_TEMPLATES:
-        from pipeline.errors import did_you_mean
-
-        raise ConfigError("model.chat_template", f"unknown template '{name}'", did_you_mean(name, CHAT_TEMPLATES))
-    # map_eos_token=False: keep the model's own end-of-sequence token (Unsloth would rename it).
-    return get_chat_template(tokenizer, chat_template=name, map_eos_token=False)

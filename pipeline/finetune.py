@@ -17,6 +17,7 @@ from typing import Any
 from pipeline import data as data_lib
 from pipeline import targets, tracking
 from pipeline.backends import get_backend, loaded_quantization
+from pipeline.chat_templates import apply_named_chat_template
 from pipeline.config import TrainConfig, to_plain_dict
 from pipeline.errors import ConfigError, first_line
 from pipeline.precision import resolve_precision
@@ -38,7 +39,7 @@ def load_tokenizer(run: TrainConfig) -> Any:
     with model_load_errors(run.model.name):
         tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
                                                   trust_remote_code=run.model.trust_remote_code)
-    return data_lib.apply_named_chat_template(tokenizer, run.model.chat_template)
+    return apply_named_chat_template(tokenizer, run.model.chat_template, run.backend)
 
 
 @contextmanager
@@ -78,7 +79,7 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     set_seed(run.seed)
     with model_load_errors(run.model.name):
         model, tokenizer = backend.load(run, precision)
-    tokenizer = data_lib.apply_named_chat_template(tokenizer, run.model.chat_template)
+    tokenizer = apply_named_chat_template(tokenizer, run.model.chat_template, run.backend)
     resolution = targets.resolve(run.lora.target_modules, model.config.model_type, preset)
     targets.validate_against_model(resolution, targets.linear_layer_names(model))
     model = backend.apply_lora(model, run, resolution.target_modules)

@@ -61,6 +61,19 @@ def test_quickstart_hf_backend(tmp_path: Path, home: Path) -> None:
     assert "Unsloth" not in result.stdout + result.stderr  # the plain backend never imports (and patches with) it
 
 
+def test_hf_backend_named_template_comes_from_trl_not_unsloth(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "model.chat_template=llama-3.1",
+                     "logger=none", "trainer.max_steps=2", "data.val_size=0", f"hydra.run.dir={tmp_path / 'a'}",
+                     home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Unsloth" not in result.stdout + result.stderr
+    assert "<|start_header_id|>" in (tmp_path / "a" / "adapter" / "chat_template.jinja").read_text()
+    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "model.chat_template=mistral",
+                     f"hydra.run.dir={tmp_path / 'b'}", home=home)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: model.chat_template: 'mistral' is not among the templates TRL ships")
+
+
 @pytest.mark.parametrize("backend,quantization,loaded", [("hf", "int8", "8-bit"), ("hf", "none", "none"),
                                                          ("unsloth", "none", "none")])
 def test_other_quantizations_train(backend: str, quantization: str, loaded: str, tmp_path: Path, home: Path) -> None:
