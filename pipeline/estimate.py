@@ -60,6 +60,16 @@ def lora_parameter_count(shapes: dict[str, tuple[int, int]], target_modules: lis
     return sum(r * (shapes[n][0] + shapes[n][1]) for n in adapted), len(adapted)
 
 
+def expert_lora_count(model: Any, target_parameters: list[str], r: int) -> int:
+    """LoRA on a fused (experts, out, in) weight: PEFT gives each expert its own rank-r pair."""
+    total = 0
+    for name, param in model.named_parameters():
+        if param.ndim == 3 and any(targets._matches(name, t) for t in target_parameters):
+            experts, out_features, in_features = param.shape
+            total += experts * r * (in_features + out_features)
+    return total
+
+
 @dataclass
 class Estimate:
     target_modules: list[str]
@@ -130,10 +140,12 @@ def logits_bytes(config: Any, run: Any) -> float:
     return tokens * config.vocab_size * (2 + 4 + 4)
 
 
-def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] | None = None) -> Estimate:
-    """Parameter counts and a VRAM estimate for one choice of target modules."""
+def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] | None = None,
+             target_parameters: list[str] | None = None) -> Estimate:
+    """Parameter counts and a VRAM estimate for one choice of target modules (and MoE expert weights)."""
     shapes = linear_shapes(model)
     trainable, adapted = lora_parameter_count(shapes, target_modules, run.lora.r)
+    trainable += expert_lora_count(model, target_parameters or [], run.lora.r)
     for extra in run.lora.modules_to_save or []:
         trainable += sum(p.numel() for n, p in model.named_parameters() if f".{extra}." in f".{n}")
     base_params = sum(p.numel() for p in model.parameters())
@@ -149,6 +161,7 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
         "activations": activation_bytes(model.config, run, target_modules),
         "logits": logits_bytes(model.config, run),
     }
-    return Estimate(target_modules=list(target_modules), adapted_layers=adapted, trainable_params=trainable,
+    names = list(target_modules) + list(target_parameters or [])
+    return Estimate(target_modules=names, adapted_layers=adapted, trainable_params=trainable,
                     total_params=base_params + trainable, adapter_mb=trainable * adapter_bytes / 2**20,
                     vram_parts={k: v / GIB for k, v in parts.items()}, notes=list(notes or []))

@@ -81,8 +81,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
         model, tokenizer = backend.load(run, precision)
     tokenizer = apply_named_chat_template(tokenizer, run.model.chat_template, run.backend)
     resolution = targets.resolve(run.lora.target_modules, model.config.model_type, preset)
-    targets.validate_against_model(resolution, targets.linear_layer_names(model))
-    model = backend.apply_lora(model, run, resolution.target_modules)
+    targets.validate_against_model(resolution, model)
+    model = backend.apply_lora(model, run, resolution)
     trainable, total = count_parameters(model)
     resolution.trainable_params = trainable
     effective_batch = run.trainer.per_device_train_batch_size * run.trainer.gradient_accumulation_steps
@@ -92,7 +92,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
         "backend": run.backend,
         "quantization": f"{loaded_quantization(model)} (asked: {_asked_quantization(run)}), "
                         f"{precision.name} compute on {precision.device}",
-        "target modules": f"{resolution.target_modules} ({resolution.adapted_layers} layers, preset {preset})",
+        "target modules": f"{resolution.target_modules + resolution.target_parameters} "
+                          f"({resolution.adapted_layers} layers, preset {preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
         "data": f"{len(datasets.train)} train / {len(datasets.eval) if datasets.eval else 0} eval samples "
                 f"({datasets.format})",

@@ -28,7 +28,6 @@ def plan(run: Any, choice: str | None) -> dict:
 
     model = estimate.build_meta_model(run.model)
     model_type = model.config.model_type
-    layer_names = targets.linear_layer_names(model)
     presets = preset_roles()
     selected = preset_label(run.lora.target_modules, choice)
     choices = dict(presets)
@@ -37,12 +36,13 @@ def plan(run: Any, choice: str | None) -> dict:
     results = {}
     for name, requested in choices.items():
         try:
-            resolution = targets.validate_against_model(targets.resolve(requested, model_type, name), layer_names)
+            resolution = targets.validate_against_model(targets.resolve(requested, model_type, name), model)
         except ConfigError:
             if name == selected:
                 raise  # the user's own choice must resolve; other presets may not exist for this model
             continue
-        results[name] = estimate.estimate(model, run, resolution.target_modules, resolution.notes).as_dict()
+        results[name] = estimate.estimate(model, run, resolution.target_modules, resolution.notes,
+                                          resolution.target_parameters).as_dict()
     return {"model": run.model.name, "model_type": model_type, "selected": selected,
             "settings": settings_of(run), "presets": results}
 

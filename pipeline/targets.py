@@ -29,11 +29,15 @@ FAMILIES: dict[str, dict[str, str | None]] = {
     "gpt_neox": {"q": "query_key_value", "k": "query_key_value", "v": "query_key_value", "o": "dense",
                  "gate": None, "up": "dense_h_to_4h", "down": "dense_4h_to_h"},
     "opt": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "gate": None, "up": "fc1", "down": "fc2"},
+    # transformers 5 fuses MoE experts into 3-D parameters: adapted through PEFT's target_parameters
+    "moe": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "mlp.experts.gate_up_proj",
+            "up": "mlp.experts.gate_up_proj", "down": "mlp.experts.down_proj"},
 }
+EXPERT_PARAMETERS = {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
 ALIASES = {
     **{t: "llama" for t in ("mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "olmo",
-                            "olmo2", "cohere", "starcoder2_llama", "mixtral", "qwen3_moe", "qwen2_moe")},
-    "falcon": "gpt_neox", "bloom": "gpt_neox",
+                            "olmo2", "cohere")},
+    "mixtral": "moe", "qwen3_moe": "moe", "falcon": "gpt_neox", "bloom": "gpt_neox",
 }
 
 
@@ -48,13 +52,14 @@ class Resolution:
     preset: str
     requested: list[str]
     target_modules: list[str]
+    target_parameters: list[str] = field(default_factory=list)   # fused MoE expert weights (3-D parameters)
     notes: list[str] = field(default_factory=list)
     adapted_layers: int = 0
     trainable_params: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "requested": self.requested, "target_modules": self.target_modules,
-                "notes": self.notes, "adapted_layers": self.adapted_layers,
+                "target_parameters": self.target_parameters, "notes": self.notes, "adapted_layers": self.adapted_layers,
                 "trainable_params": self.trainable_params}
 
 
@@ -81,7 +86,9 @@ def resolve(requested: Iterable[str], model_type: str, preset: str = "custom") -
     if not names:
         raise ConfigError("lora.target_modules", f"none of {requested} exists in {model_type}",
                           "pick another preset, e.g. lora/target_modules=attention")
-    return Resolution(preset=preset, requested=requested, target_modules=names, notes=notes)
+    return Resolution(preset=preset, requested=requested, notes=notes,
+                      target_modules=[n for n in names if n not in EXPERT_PARAMETERS],
+                      target_parameters=[n for n in names if n in EXPERT_PARAMETERS])
 
 
 def _fused_notes(requested: list[str], table: dict[str, str | None]) -> list[str]:
@@ -116,8 +123,19 @@ def _matches(layer: str, target: str) -> bool:
     return layer == target or layer.endswith("." + target)
 
 
-def validate_against_model(resolution: Resolution, layer_names: list[str]) -> Resolution:
-    """Every resolved name must match at least one linear layer; count the layers that will be adapted."""
+def expert_parameter_names(model: Any) -> list[str]:
+    """Dotted names of fused 3-D expert weights (MoE in transformers 5)."""
+    return [name for name, param in model.named_parameters() if param.ndim == 3]
+
+
+def validate_against_model(resolution: Resolution, model: Any) -> Resolution:
+    """Every resolved name must match at least one linear layer (or expert weight); count what gets adapted."""
+    layer_names = linear_layer_names(model)
+    expert_names = expert_parameter_names(model)
+    for target in resolution.target_parameters:
+        if not any(_matches(name, target) for name in expert_names):
+            raise ConfigError("lora.target_modules", f"'{target}' matches no expert weight of this model",
+                              "use the attention preset, or list the module names literally")
     distinct = sorted({n.rsplit(".", 1)[-1] for n in layer_names})
     for target in resolution.target_modules:
         if not any(_matches(layer, target) for layer in layer_names):
@@ -126,5 +144,6 @@ def validate_against_model(resolution: Resolution, layer_names: list[str]) -> Re
             raise ConfigError("lora.target_modules", f"'{target}' matches no linear layer of this model "
                               f"(its linear layers: {', '.join(distinct)})", f"{hint}Use one of those names")
     resolution.adapted_layers = sum(
-        any(_matches(layer, t) for t in resolution.target_modules) for layer in layer_names)
+        any(_matches(layer, t) for t in resolution.target_modules) for layer in layer_names) + sum(
+        any(_matches(name, t) for t in resolution.target_parameters) for name in expert_names)
     return resolution

@@ -174,3 +174,28 @@ def test_sigterm_reports_an_interrupted_run(tmp_path: Path, home: Path) -> None:
     assert summary_of(run_dir)["status"] == "interrupted"
     assert "interrupted: training stopped" in stderr
     assert "Traceback" not in stderr
+
+
+def test_moe_experts_train_through_target_parameters(tmp_path: Path, home: Path) -> None:
+    import shutil
+
+    from conftest import REPO
+    from transformers import AutoModelForCausalLM, MixtralConfig
+
+    model_dir = tmp_path / "tiny-mixtral"
+    config = MixtralConfig(vocab_size=475, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                           eos_token_id=2, pad_token_id=0, bos_token_id=None)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(REPO / "assets/tiny-llama" / name, model_dir / name)
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "backend=unsloth,hf", f"model.name={model_dir}",
+                     "logger=none", "trainer.max_steps=4", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        summary = summary_of(sweep / job)
+        assert summary["status"] == "completed"
+        assert summary["target_modules"]["target_parameters"] == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+        # 2 layers x (attention r16 x (64+64 + 64+32 + 64+32 + 64+64) + 4 experts x r16 x ((64+256) + (128+64)))
+        assert summary["trainable_params"] == 2 * (16 * 448 + 4 * 16 * 512)

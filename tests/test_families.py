@@ -22,6 +22,9 @@ FAMILIES = {
     "FalconConfig": dict(new_decoder_architecture=False),
     "BloomConfig": dict(n_layer=2, n_head=4),
     "OPTConfig": dict(ffn_dim=64, word_embed_proj_dim=32),
+    "MixtralConfig": dict(intermediate_size=64, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "Qwen3MoeConfig": dict(intermediate_size=64, num_key_value_heads=2, head_dim=8, num_experts=4,
+                           num_experts_per_tok=2, moe_intermediate_size=32),
 }
 
 
@@ -34,11 +37,12 @@ def tiny_model(config_name: str):
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def peft_trainable(model, target_modules: list[str], r: int) -> int:
+def peft_trainable(model, resolution: targets.Resolution, r: int) -> int:
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(r=r, target_modules=target_modules, task_type="CAUSAL_LM"))
-    return peft_model.get_nb_trainable_parameters()[0]
+    config = LoraConfig(r=r, target_modules=resolution.target_modules, task_type="CAUSAL_LM",
+                        target_parameters=resolution.target_parameters or None)
+    return get_peft_model(model, config).get_nb_trainable_parameters()[0]
 
 
 @pytest.mark.parametrize("config_name", sorted(FAMILIES))
@@ -47,18 +51,27 @@ def test_preset_resolves_and_counts_match_peft(config_name: str, preset: str) ->
     model = tiny_model(config_name)
     roles = preset_roles()[preset]
     resolution = targets.resolve(roles, model.config.model_type, preset)
-    layers = targets.linear_layer_names(model)
-    targets.validate_against_model(resolution, layers)  # raises if a name matches nothing
+    targets.validate_against_model(resolution, model)  # raises if a name matches nothing
     assert resolution.adapted_layers >= 2  # at least one module per layer
     planned, adapted = estimate.lora_parameter_count(estimate.linear_shapes(model), resolution.target_modules, r=4)
-    assert adapted == resolution.adapted_layers
-    assert planned == peft_trainable(model, resolution.target_modules, r=4)
+    planned += estimate.expert_lora_count(model, resolution.target_parameters, r=4)
+    assert adapted <= resolution.adapted_layers
+    assert planned == peft_trainable(model, resolution, r=4)
+
+
+@pytest.mark.parametrize("config_name", ["MixtralConfig", "Qwen3MoeConfig"])
+def test_moe_experts_go_through_target_parameters(config_name: str) -> None:
+    model = tiny_model(config_name)
+    resolution = targets.validate_against_model(targets.resolve(preset_roles()["all_linear"],
+                                                                model.config.model_type), model)
+    assert resolution.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # never the router `mlp.gate`
+    assert resolution.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    assert "'mlp.experts.gate_up_proj' is one fused layer for gate+up" not in " ".join(resolution.notes)
 
 
 def test_gpt2_attention_preset_leaves_the_mlp_projection_alone() -> None:
     model = tiny_model("GPT2Config")
-    resolution = targets.validate_against_model(targets.resolve(["q", "k", "v", "o"], "gpt2"),
-                                                targets.linear_layer_names(model))
+    resolution = targets.validate_against_model(targets.resolve(["q", "k", "v", "o"], "gpt2"), model)
     assert resolution.target_modules == ["c_attn", "attn.c_proj"]
     assert resolution.adapted_layers == 4  # c_attn and attn.c_proj in 2 layers, not mlp.c_proj
 
@@ -93,7 +106,7 @@ def test_plan_matches_the_real_tiny_model() -> None:
     result = plan(run, "all_linear")
     for name, preset in result["presets"].items():
         model = AutoModelForCausalLM.from_pretrained(run.model.name)
-        peft_model = get_peft_model(model, LoraConfig(r=run.lora.r, target_modules=preset["target_modules"]))
+        peft_model = get_peft_model(model, LoraConfig(r=run.lora.r, target_modules=preset["target_modules"]))  # dense
         assert (preset["trainable_params"], preset["total_params"]) == peft_model.get_nb_trainable_parameters(), name
 
 
@@ -121,8 +134,7 @@ def test_a_preset_missing_from_a_model_is_refused_with_the_real_names() -> None:
 
     model = tiny_model("LlamaConfig")
     with pytest.raises(ConfigError) as info:
-        targets.validate_against_model(targets.resolve(["q_proj", "foo_proj"], "llama"),
-                                       targets.linear_layer_names(model))
+        targets.validate_against_model(targets.resolve(["q_proj", "foo_proj"], "llama"), model)
     assert "foo_proj" in str(info.value) and "q_proj" in str(info.value) and "down_proj" in str(info.value)
 
 

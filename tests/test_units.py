@@ -43,11 +43,10 @@ def test_validation_against_a_real_model_counts_layers() -> None:
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
                                          num_attention_heads=2, num_key_value_heads=1))
-    layers = targets.linear_layer_names(model)
-    res = targets.validate_against_model(targets.resolve(["q", "v"], "llama"), layers)
+    res = targets.validate_against_model(targets.resolve(["q", "v"], "llama"), model)
     assert res.adapted_layers == 6
     with pytest.raises(ConfigError, match="'qproj' matches no linear layer.*Closest: 'q_proj'"):
-        targets.validate_against_model(targets.resolve(["qproj"], "llama"), layers)
+        targets.validate_against_model(targets.resolve(["qproj"], "llama"), model)
 
 
 def test_wandb_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

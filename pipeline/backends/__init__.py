@@ -1,6 +1,6 @@
 """Model backends: each loads base model + tokenizer under a quantization, and applies LoRA.
 
-Both expose the same two functions, `load(run, precision)` and `apply_lora(model, run, target_modules)`,
+Both expose the same two functions, `load(run, precision)` and `apply_lora(model, run, resolution)`,
 so the pipeline never branches on the backend past `get_backend`.
 """
 
@@ -41,9 +41,12 @@ def loaded_quantization(model: Any) -> str:
     return "none"
 
 
-def lora_kwargs(lora: Any) -> dict:
-    """The LoRA settings both PEFT and Unsloth take under the same names."""
+def lora_kwargs(lora: Any, resolution: Any) -> dict:
+    """The LoRA settings both PEFT and Unsloth take under the same names (plain lists: Unsloth type-checks)."""
     init = {"true": True, "false": False}.get(lora.init_weights, lora.init_weights)
-    return dict(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
-                use_rslora=lora.use_rslora, init_lora_weights=init,
-                modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None)
+    kwargs = dict(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
+                  use_rslora=lora.use_rslora, init_lora_weights=init, target_modules=list(resolution.target_modules),
+                  modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None)
+    if resolution.target_parameters:  # MoE experts fused into 3-D weights
+        kwargs["target_parameters"] = list(resolution.target_parameters)
+    return kwargs

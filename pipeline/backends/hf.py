@@ -40,11 +40,10 @@ def load(run: Any, precision: Precision) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def apply_lora(model: Any, run: Any, target_modules: list[str]) -> Any:
+def apply_lora(model: Any, run: Any, resolution: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(task_type="CAUSAL_LM", target_modules=list(target_modules),
-                        **lora_kwargs(run.lora))
+    config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(run.lora, resolution))
     return get_peft_model(model, config)
 
 

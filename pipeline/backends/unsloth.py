@@ -37,16 +37,15 @@ def load(run: Any, precision: Precision) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def apply_lora(model: Any, run: Any, target_modules: list[str]) -> Any:
+def apply_lora(model: Any, run: Any, resolution: Any) -> Any:
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.get_peft_model(
         model,
-        target_modules=list(target_modules),  # Unsloth type-checks for a plain list
         use_gradient_checkpointing="unsloth" if run.trainer.gradient_checkpointing else False,
         random_state=run.seed,
         max_seq_length=run.model.max_seq_length,
-        **lora_kwargs(run.lora),
+        **lora_kwargs(run.lora, resolution),
     )
 
 
