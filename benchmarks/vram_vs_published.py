@@ -21,13 +21,17 @@ GB = 1e9 / 2**30  # published "GB" rows are converted to GiB
 LLAMA2_7B = ["model.architecture.intermediate_size=11008", "model.architecture.num_key_value_heads=32",
              "model.architecture.vocab_size=32000"]
 QV = "lora.target_modules=[q,v]"
+# Runs whose loss is chunked (torchtune's CEWithChunkedOutputLoss in its llama3_1 configs) use backend=unsloth,
+# whose estimate assumes a chunked loss; every other row uses backend=hf (full logits).
+CHUNKED = "backend=unsloth"
+FULL = "backend=hf"
 # (label, published GiB, overrides)
 ROWS = [
-    ("torchtune Llama-3.1-8B QLoRA r8 all, 2x2048, ckpt, AdamW", 7.4,
-     ["model=llama3_1_8b", "lora.r=8", "trainer.per_device_train_batch_size=2", "model.max_seq_length=2048",
+    ("torchtune Llama-3.1-8B QLoRA r8 all, 2x2048, ckpt, AdamW, chunked CE", 7.4,
+     ["model=llama3_1_8b", CHUNKED, "lora.r=8", "trainer.per_device_train_batch_size=2", "model.max_seq_length=2048",
       "trainer.optim=adamw_torch"]),
-    ("torchtune Llama-3.1-8B LoRA r8 q,v, 2x2048, ckpt, AdamW (4090)", 16.2,
-     ["model=llama3_1_8b", "quantization=none", "lora.r=8", QV, "trainer.per_device_train_batch_size=2",
+    ("torchtune Llama-3.1-8B LoRA r8 q,v, 2x2048, ckpt, AdamW, chunked CE (4090)", 16.2,
+     ["model=llama3_1_8b", CHUNKED, "quantization=none", "lora.r=8", QV, "trainer.per_device_train_batch_size=2",
       "model.max_seq_length=2048", "trainer.optim=adamw_torch"]),
     ("torchtune Llama-2-7B QLoRA r8 all, 4x2048, ckpt, AdamW", 12.3 * GB,
      ["model=llama3_1_8b", *LLAMA2_7B, "lora.r=8", "trainer.per_device_train_batch_size=4",
@@ -63,6 +67,8 @@ ROWS = [
 
 
 def estimate_gib(overrides: list[str]) -> float:
+    if CHUNKED not in overrides:
+        overrides = [FULL, *overrides]
     run = to_runconfig(compose(*overrides))
     model = estimate.build_meta_model(run.model)
     names = targets.resolve(run.lora.target_modules, model.config.model_type).target_modules

@@ -134,15 +134,26 @@ def activation_bytes(config: Any, run: Any, target_modules: list[str]) -> float:
     return layers * per_token_layer * tokens * ACTIVATION_BYTES
 
 
-def logits_bytes(config: Any, run: Any) -> float:
-    """The output layer's logits: bf16, the fp32 copy the loss works on, and its gradient."""
+LOSS_CHUNKS = 8  # chunked cross-entropy (Unsloth's fused loss on GPU, torchtune's CEWithChunkedOutputLoss)
+
+
+def logits_bytes(config: Any, run: Any, chunked: bool) -> float:
+    """The output layer's logits: bf16, the fp32 copy the loss works on, and its gradient.
+
+    A chunked loss only ever holds one chunk of them.
+    """
     tokens = run.trainer.per_device_train_batch_size * run.model.max_seq_length
-    return tokens * config.vocab_size * (2 + 4 + 4)
+    return tokens * config.vocab_size * (2 + 4 + 4) / (LOSS_CHUNKS if chunked else 1)
 
 
 def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] | None = None,
-             target_parameters: list[str] | None = None) -> Estimate:
-    """Parameter counts and a VRAM estimate for one choice of target modules (and MoE expert weights)."""
+             target_parameters: list[str] | None = None, chunked_loss: bool | None = None) -> Estimate:
+    """Parameter counts and a VRAM estimate for one choice of target modules (and MoE expert weights).
+
+    `chunked_loss` defaults to the backend's behaviour on GPU: Unsloth chunks its cross-entropy, plain HF does not.
+    """
+    if chunked_loss is None:
+        chunked_loss = run.backend == "unsloth"
     shapes = linear_shapes(model)
     trainable, adapted = lora_parameter_count(shapes, target_modules, run.lora.r)
     trainable += expert_lora_count(model, target_parameters or [], run.lora.r)
@@ -159,7 +170,7 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
         "lora_gradients": trainable * adapter_bytes,
         "optimizer_states": trainable * OPTIMIZER_BYTES.get(optim, 8),
         "activations": activation_bytes(model.config, run, target_modules),
-        "logits": logits_bytes(model.config, run),
+        "logits": logits_bytes(model.config, run, chunked_loss),
     }
     names = list(target_modules) + list(target_parameters or [])
     return Estimate(target_modules=names, adapted_layers=adapted, trainable_params=trainable,

@@ -56,11 +56,13 @@ def settings_of(run: Any) -> dict:
 
 
 def format_table(result: dict) -> str:
-    header = f"{'preset':<12} {'targets':<48} {'trainable':>13} {'%':>7} {'adapter MB':>10} {'VRAM GiB':>9}"
+    names = {name: ",".join(p["target_modules"]) for name, p in result["presets"].items()}
+    width = max(len("targets"), *map(len, names.values()))
+    header = f"{'preset':<12} {'targets':<{width}} {'trainable':>13} {'%':>7} {'adapter MB':>10} {'VRAM GiB':>9}"
     lines = [header, "-" * len(header)]
     for name, p in result["presets"].items():
         mark = "*" if name == result["selected"] else " "
-        lines.append(f"{mark}{name:<11} {','.join(p['target_modules'])[:48]:<48} {p['trainable_params']:>13,} "
+        lines.append(f"{mark}{name:<11} {names[name]:<{width}} {p['trainable_params']:>13,} "
                      f"{p['trainable_pct']:>7.3f} {p['adapter_mb']:>10.1f} {p['vram_gib']:>9.2f}")
     return "\n".join(lines)
 
