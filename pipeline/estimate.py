@@ -8,6 +8,7 @@ docs/vram-estimates.md for how it compares with published measurements.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline import targets
@@ -23,11 +24,14 @@ ACTIVATION_BYTES = 2      # activations are bf16 under mixed precision
 
 
 def build_meta_model(model_cfg: Any) -> Any:
-    """The architecture with no weights: from the preset's numbers (offline), else the hub/local config.json."""
+    """The architecture with no weights: a local model's config.json, else the preset's numbers (offline), else
+    the hub's config.json."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if model_cfg.architecture:
+    if (Path(model_cfg.name) / "config.json").is_file():
+        config = AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    elif model_cfg.architecture:
         arch = dict(model_cfg.architecture)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import data as data_lib
-from pipeline import targets, tracking
+from pipeline import estimate, targets, tracking
 from pipeline.backends import get_backend, loaded_quantization
 from pipeline.chat_templates import apply_named_chat_template
 from pipeline.config import TrainConfig, to_plain_dict
@@ -76,12 +76,15 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
 
     # --- setup -----------------------------------------------------------------------------------------------
     datasets = data_lib.build(run.data, load_tokenizer(run), run.seed)
+    with model_load_errors(run.model.name):
+        skeleton = estimate.build_meta_model(run.model)  # no weights: wrong target names fail before loading
+    resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, preset)
+    targets.validate_against_model(resolution, skeleton)
     set_seed(run.seed)
     with model_load_errors(run.model.name):
         model, tokenizer = backend.load(run, precision)
     tokenizer = apply_named_chat_template(tokenizer, run.model.chat_template, run.backend)
-    resolution = targets.resolve(run.lora.target_modules, model.config.model_type, preset)
-    targets.validate_against_model(resolution, model)
+    targets.validate_against_model(resolution, model)  # and the loaded model agrees
     model = backend.apply_lora(model, run, resolution)
     trainable, total = count_parameters(model)
     resolution.trainable_params = trainable
