@@ -43,8 +43,19 @@ def plan(run: Any, choice: str | None) -> dict:
             continue
         results[name] = estimate.estimate(model, run, resolution.target_modules, resolution.notes,
                                           resolution.target_parameters).as_dict()
+        results[name]["vram_gib_checkpointing_flipped"] = round(
+            estimate.estimate(model, flip_checkpointing(run), resolution.target_modules,
+                              target_parameters=resolution.target_parameters).vram_gib, 2)
     return {"model": run.model.name, "model_type": model_type, "selected": selected,
             "settings": settings_of(run), "presets": results}
+
+
+def flip_checkpointing(run: Any) -> Any:
+    """The same run with gradient checkpointing switched the other way (plan shows both)."""
+    import dataclasses
+
+    trainer = dataclasses.replace(run.trainer, gradient_checkpointing=not run.trainer.gradient_checkpointing)
+    return dataclasses.replace(run, trainer=trainer)
 
 
 def settings_of(run: Any) -> dict:
@@ -89,6 +100,8 @@ def main(cfg: DictConfig) -> None:
     print(format_table(result))
     print(f"\n* selected: {result['selected']}, {selected['total_params']:,} parameters in all; "
           f"VRAM parts (GiB): {format_parts(selected)}")
+    print(f"  with gradient checkpointing {'off' if s['gradient_checkpointing'] else 'on'}: "
+          f"{selected['vram_gib_checkpointing_flipped']:.2f} GiB")
     for note in selected["notes"]:
         print(f"note: {note}")
     (run_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")

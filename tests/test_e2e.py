@@ -143,6 +143,8 @@ def test_plan_cli_writes_plan_json_offline(tmp_path: Path, home: Path) -> None:
     for key in ("target_modules", "trainable_params", "total_params", "trainable_pct", "adapter_mb", "vram_gib",
                 "vram_parts"):
         assert key in plan["presets"]["minimal"]
+    # checkpointing is on by default; the plan also prices it off, which needs more memory
+    assert plan["presets"]["all_linear"]["vram_gib_checkpointing_flipped"] > plan["presets"]["all_linear"]["vram_gib"]
 
 
 def test_plan_refuses_a_missing_module(tmp_path: Path, home: Path) -> None:
