@@ -60,8 +60,13 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)
     loss_on: str = "responses"
     val_size: float = 0.0
+    eval_source: Any = None
     max_samples: Optional[int] = None
+    max_length: Optional[int] = None
+    overlength: str = "drop"
     packing: bool = False
+    cache: bool = True
+    preview_samples: int = 3
 
 
 @dataclass
@@ -173,6 +178,7 @@ CHOICES: dict[str, tuple] = {
     "lora.init_weights": ("true", "false", "gaussian", "loftq", "corda", "pissa", "olora"),
     "data.format": ("auto", "messages", "alpaca", "sharegpt", "text", "prompt_completion"),
     "data.loss_on": ("responses", "all"),
+    "data.overlength": ("drop", "truncate", "raise"),
     "trainer.lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                                   "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
                                   "cosine_with_min_lr", "warmup_stable_decay"),
@@ -191,6 +197,8 @@ RANGES: list[tuple[str, Callable[[Any], bool], str, str]] = [
     ("lora.target_modules", lambda v: len(v) > 0, "must name at least one module or role", "[q,k,v,o]"),
     ("data.val_size", lambda v: v >= 0, "must be 0, a fraction in (0, 1) or a count", "0.1"),
     ("data.max_samples", lambda v: v is None or v >= 1, "must be null or at least 1", "1000"),
+    ("data.max_length", lambda v: v is None or v >= 8, "must be null (the model's max_seq_length) or >= 8", "2048"),
+    ("data.preview_samples", lambda v: v >= 0, "must be >= 0", "3"),
     ("trainer.learning_rate", lambda v: 0 < v < 1, "must be in (0, 1)", "2e-4"),
     ("trainer.num_train_epochs", lambda v: v > 0, "must be positive", "1"),
     ("trainer.max_steps", lambda v: v == -1 or v >= 1, "must be -1 (use epochs) or at least 1", "100"),
@@ -243,6 +251,9 @@ def _validate_combinations(cfg: DictConfig) -> None:
     if cfg.backend == "unsloth" and cfg.lora.init_weights in ("pissa", "olora"):
         raise ConfigError("lora.init_weights", f"'{cfg.lora.init_weights}' is not supported by Unsloth",
                           "use backend=hf, or init_weights true|gaussian|loftq|corda")
+    if cfg.data.eval_source not in (None, "", []) and cfg.data.val_size:
+        raise ConfigError("data.val_size", f"{cfg.data.val_size} is set together with data.eval_source",
+                          "set data.val_size=0 to evaluate on data.eval_source, or drop data.eval_source")
     if cfg.data.val_size >= 1 and cfg.data.val_size != int(cfg.data.val_size):
         raise ConfigError("data.val_size", f"{cfg.data.val_size} is neither a fraction below 1 nor a whole count",
                           "give a fraction like 0.1 or a count like 50")

@@ -11,6 +11,7 @@ response-only masking and packing stay TRL's:
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ FORMAT_COLUMNS = {
     "text": ("text",),
 }
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+log = logging.getLogger(__name__)
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "model": "assistant"}
 
@@ -54,11 +57,12 @@ def _local_files(source: str) -> list[str] | None:
     return None
 
 
-def load_source(data: Any) -> Any:
+def load_source(data: Any, source: Any = None) -> Any:
     """One `datasets.Dataset` from data.source (a string or a list of them, concatenated)."""
     from datasets import concatenate_datasets
 
-    sources = data.source if isinstance(data.source, list) else [data.source]
+    source = data.source if source is None else source
+    sources = source if isinstance(source, list) else [source]
     parts = [_load_one(str(s), data) for s in sources]
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
     if data.columns:
@@ -92,11 +96,19 @@ def _load_one(source: str, data: Any) -> Any:
     for path in files:
         if path.endswith(".jsonl"):
             check_jsonl(path)
+    if all(_is_blank(path) for path in files):
+        raise ConfigError("data.source", f"the dataset is empty ({', '.join(files)} has no rows)",
+                          "point data.source at a file with samples")
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as error:  # noqa: BLE001 - a file datasets cannot parse
         raise ConfigError("data.source", f"cannot parse {', '.join(files)}: {first_line(error)}",
                           "fix the file, or convert it to JSONL") from error
+
+
+def _is_blank(path: str) -> bool:
+    with open(path, "rb") as f:
+        return not f.read(4096).strip()
 
 
 def check_jsonl(path: str) -> None:
@@ -181,11 +193,20 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
     dataset = dataset.select_columns(["messages"])
+    _check_roles(dataset)
     if not responses:
         return dataset, False, False
     if has_generation_markers(tokenizer):
         return dataset, True, False
     return dataset.map(_messages_to_prompt_completion, remove_columns=["messages"]), False, True
+
+
+def _check_roles(dataset: Any) -> None:
+    for index, messages in enumerate(dataset["messages"]):
+        for turn in messages:
+            if turn.get("role") not in MESSAGE_ROLES:
+                raise ConfigError("data.source", f"sample {index} has a message with role {turn.get('role')!r}",
+                                  f"use roles {', '.join(MESSAGE_ROLES)} (or map them in the file)")
 
 
 def split(dataset: Any, val_size: float, seed: int) -> tuple[Any, Any]:
@@ -203,10 +224,17 @@ def build(data: Any, tokenizer: Any, seed: int) -> Datasets:
     """Load, normalize and split the configured data for SFTTrainer."""
     dataset = load_source(data)
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
+    if data.format == "auto":
+        log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
     _check_columns(dataset.column_names, fmt)
-    if fmt != "text" and fmt != "prompt_completion" and not getattr(tokenizer, "chat_template", None):
+    if fmt not in ("text", "prompt_completion") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
                           "set model.chat_template, e.g. model.chat_template=chatml")
     dataset, assistant_only, completion_only = normalize(dataset, fmt, data.loss_on, tokenizer)
-    train, evaluation = split(dataset, data.val_size, seed)
+    if data.eval_source not in (None, "", []):
+        held_out = load_source(data, data.eval_source)
+        _check_columns(held_out.column_names, fmt)
+        train, evaluation = dataset, normalize(held_out, fmt, data.loss_on, tokenizer)[0]
+    else:
+        train, evaluation = split(dataset, data.val_size, seed)
     return Datasets(train, evaluation, fmt, assistant_only, completion_only)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import data as data_lib
-from pipeline import estimate, targets, tracking
+from pipeline import estimate, prepare, targets, tracking
 from pipeline.backends import get_backend, loaded_quantization
 from pipeline.chat_templates import apply_named_chat_template
 from pipeline.config import TrainConfig, to_plain_dict
@@ -75,7 +75,11 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     preset = ctx.get("preset", "custom")
 
     # --- setup -----------------------------------------------------------------------------------------------
-    datasets = data_lib.build(run.data, load_tokenizer(run), run.seed)
+    data_tokenizer = load_tokenizer(run)
+    built = data_lib.build(run.data, data_tokenizer, run.seed)
+    prepared = prepare.prepare(built, data_tokenizer, run)
+    # already tokenized and masked: SFTTrainer keeps the labels and skips its own preparation
+    datasets = data_lib.Datasets(prepared.train, prepared.eval, built.format, False, False)
     with model_load_errors(run.model.name):
         skeleton = estimate.build_meta_model(run.model)  # no weights: wrong target names fail before loading
     resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, preset)
@@ -99,7 +103,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
                           f"({resolution.adapted_layers} layers, preset {preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
         "data": f"{len(datasets.train)} train / {len(datasets.eval) if datasets.eval else 0} eval samples "
-                f"({datasets.format})",
+                f"({built.format}{', from cache' if prepared.from_cache else ''})",
+        "train tokens": prepare.describe(prepared.stats["train"]),
         "effective batch": f"{effective_batch} = {run.trainer.per_device_train_batch_size} per device x "
                            f"{run.trainer.gradient_accumulation_steps} accumulation",
         "run directory": str(run_dir),
@@ -116,7 +121,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
         "device": precision.device, "trainable_params": trainable, "total_params": total,
         "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
         "effective_batch_size": effective_batch, "train_samples": len(datasets.train),
-        "eval_samples": len(datasets.eval) if datasets.eval else 0, "data_format": datasets.format,
+        "eval_samples": len(datasets.eval) if datasets.eval else 0, "data_format": built.format,
+        "data_stats": prepared.stats_dict(),
         "run_dir": str(run_dir),
     }
     config_dict = to_plain_dict(run)

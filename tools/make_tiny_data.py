@@ -54,7 +54,18 @@ def main(out: Path = Path("assets/data")) -> None:
     write_jsonl(out / "tiny_messages.jsonl",
                 [as_messages(i, x, o, with_system=k % 3 == 0) for k, (i, x, o) in enumerate(pairs)])
     write_jsonl(out / "tiny_alpaca.jsonl", [{"instruction": i, "input": x, "output": o} for i, x, o in pairs])
+    write_jsonl(out / "tiny_sharegpt.jsonl", [as_sharegpt(i, x, o) for i, x, o in pairs])
+    write_jsonl(out / "tiny_prompt_completion.jsonl",
+                [{"prompt": f"{i} {x}".strip() + "\nAnswer:", "completion": f" {o}"} for i, x, o in pairs])
+    # a layout the tiny base did not see in pre-training, so fine-tuning on raw text visibly learns it
+    write_jsonl(out / "tiny_text.jsonl",
+                [{"text": f"Question: {i} {x}".strip() + f"\nAnswer: {o}"} for i, x, o in pairs])
     print(f"wrote {len(pairs)} samples per format to {out}")
+
+
+def as_sharegpt(instruction: str, input_: str, output: str) -> dict:
+    user = f"{instruction}\n{input_}" if input_ else instruction
+    return {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": output}]}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,181 @@
+"""Tokenize and mask with TRL's own preparation, then apply the length policy, count, and cache.
+
+TRL's `SFTTrainer._prepare_dataset` turns text / messages / prompt-completion rows into `input_ids` + `labels`
+(chat template, EOS, assistant or completion masks). We run it with the tokenizer alone, before any model weight
+loads, so a template that masks every token or an over-long sample fails fast, `preprocess` shows exactly what
+training will see, and SFTTrainer later receives the tokenized rows and skips its own preparation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from pipeline.data import Datasets
+from pipeline.errors import ConfigError, first_line
+
+IGNORE = -100  # label of a token that carries no loss
+
+
+@dataclass
+class LengthStats:
+    samples: int
+    min: int
+    median: float
+    p95: int
+    max: int
+    max_length: int
+    overlength: int           # samples longer than max_length before the policy
+    dropped_overlength: int
+    truncated: int
+    dropped_untrained: int    # samples left with no trained token (dropped)
+    trained_tokens: int
+
+
+@dataclass
+class Prepared:
+    train: Any
+    eval: Any
+    stats: dict[str, LengthStats]
+    cache_dir: Path | None
+    from_cache: bool
+
+    def stats_dict(self) -> dict:
+        return {name: asdict(s) for name, s in self.stats.items()}
+
+
+def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: str) -> Any:
+    """input_ids + labels exactly as SFTTrainer would build them (no truncation: our policy does that)."""
+    from jinja2 import TemplateError
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
+                     assistant_only_loss=datasets.assistant_only_loss,
+                     completion_only_loss=datasets.completion_only_loss, bf16=False, fp16=False, report_to="none")
+    # _prepare_dataset reads only these three attributes of the trainer
+    trainer_view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None,
+                                   completion_only_loss=datasets.completion_only_loss)
+    try:
+        return SFTTrainer._prepare_dataset(trainer_view, dataset, tokenizer, args, False, None, name)
+    except TemplateError as error:
+        raise ConfigError("model.chat_template", f"the chat template cannot render a {name} sample: "
+                          f"{first_line(error)}", "use a template that fits the data's roles") from error
+    except RuntimeError as error:
+        if "no assistant tokens" in str(error):
+            raise ConfigError("data.loss_on", f"a {name} sample has no assistant tokens to train on",
+                              "check that every conversation ends with an assistant turn") from error
+        raise
+
+
+def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, loss_on: str) -> tuple[Any, LengthStats]:
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    over = [i for i, n in enumerate(lengths) if n > max_length]
+    if over and policy == "raise":
+        raise ConfigError("data.overlength", f"{len(over)} {name} samples are longer than {max_length} tokens "
+                          f"(first: sample {over[0]}, {lengths[over[0]]} tokens)",
+                          "raise data.max_length, or set data.overlength=drop or truncate")
+    if over and policy == "drop":
+        dataset = dataset.filter(lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping long {name}")
+    elif over:
+        dataset = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length],
+                                           "labels": row["labels"][:max_length]}, desc=f"Truncating {name}")
+    before = len(dataset)
+    dataset = dataset.filter(lambda row: any(label != IGNORE for label in row["labels"]),
+                             desc=f"Dropping untrained {name}")
+    if len(dataset) == 0:
+        cause = ("the chat template may not mark the responses (or every response is cut off by max_length); "
+                 "check model.chat_template, or train on everything with data.loss_on=all"
+                 if loss_on == "responses" else "every sample is empty after tokenization")
+        raise ConfigError("data.loss_on", f"no {name} sample has a trained token left", cause)
+    ordered = sorted(lengths)
+    stats = LengthStats(
+        samples=len(dataset), min=ordered[0], median=statistics.median(ordered),
+        p95=ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], max=ordered[-1], max_length=max_length,
+        overlength=len(over), dropped_overlength=len(over) if policy == "drop" else 0,
+        truncated=len(over) if policy == "truncate" else 0, dropped_untrained=before - len(dataset),
+        trained_tokens=sum(sum(label != IGNORE for label in row) for row in dataset["labels"]))
+    return dataset.select_columns(["input_ids", "labels"]), stats
+
+
+# --- cache ---------------------------------------------------------------------------------------------------
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FT_DATA_CACHE", Path.home() / ".cache" / "llm-finetune" / "prepared"))
+
+
+def _source_fingerprint(source: Any) -> list:
+    """Local files by path, size and mtime (so an edit invalidates the cache); hub ids by name."""
+    from pipeline.data import _local_files
+
+    items = []
+    for s in source if isinstance(source, list) else [source]:
+        if s is None:
+            continue
+        files = _local_files(str(s)) or []
+        items.append([str(s), [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]])
+    return items
+
+
+def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.structured(run.data), resolve=True)
+    key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
+           "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
+           "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
+           "seed": run.seed, "version": 1}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def load_cached(folder: Path) -> Prepared | None:
+    from datasets import load_from_disk
+
+    if not (folder / "stats.json").is_file():
+        return None
+    stats = {k: LengthStats(**v) for k, v in json.loads((folder / "stats.json").read_text()).items()}
+    evaluation = load_from_disk(str(folder / "eval")) if (folder / "eval").is_dir() else None
+    return Prepared(load_from_disk(str(folder / "train")), evaluation, stats, folder, from_cache=True)
+
+
+def save_cached(folder: Path, prepared: Prepared) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    prepared.train.save_to_disk(str(tmp / "train"))
+    if prepared.eval is not None:
+        prepared.eval.save_to_disk(str(tmp / "eval"))
+    (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
+    tmp.rename(folder)  # whole or not at all
+
+
+def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:
+    """Tokenized, masked, length-checked train/eval sets, served from the cache when nothing changed."""
+    max_length = run.data.max_length or run.model.max_seq_length
+    folder = cache_root() / cache_key(run, tokenizer, max_length)
+    if run.data.cache and (cached := load_cached(folder)) is not None:
+        return cached
+    parts, stats = {}, {}
+    for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
+        if dataset is None:
+            continue
+        tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name)
+        parts[name], stats[name] = apply_length_policy(tokenized, max_length, run.data.overlength, name,
+                                                       run.data.loss_on)
+    prepared = Prepared(parts["train"], parts.get("eval"), stats, folder if run.data.cache else None, False)
+    if run.data.cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            save_cached(folder, prepared)
+    return prepared
+
+
+def describe(stats: LengthStats) -> str:
+    return (f"{stats.samples} samples, tokens min {stats.min} / median {stats.median:g} / p95 {stats.p95} / "
+            f"max {stats.max} (limit {stats.max_length}); over the limit {stats.overlength} "
+            f"(dropped {stats.dropped_overlength}, truncated {stats.truncated}); "
+            f"dropped with no trained token {stats.dropped_untrained}; trained tokens {stats.trained_tokens}")

@@ -1,0 +1,172 @@
+"""Data: formats, exact loss masks, length policy, cache, preprocess, and one-line errors for bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose, run_cli
+
+from pipeline import data as data_lib
+from pipeline import prepare
+from pipeline.config import to_runconfig
+from pipeline.errors import ConfigError
+
+DATA = REPO / "assets" / "data"
+FORMATS = {"messages": "tiny_messages.jsonl", "alpaca": "tiny_alpaca.jsonl", "sharegpt": "tiny_sharegpt.jsonl",
+           "prompt_completion": "tiny_prompt_completion.jsonl", "text": "tiny_text.jsonl"}
+
+
+def prepared_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tuple:
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("FT_DATA_CACHE", str(tmp_path / "cache"))
+    run = to_runconfig(compose("experiment=quickstart", "data.val_size=0", *overrides))
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
+    return prepare.prepare(data_lib.build(run.data, tokenizer, run.seed), tokenizer, run), tokenizer
+
+
+def trained_and_context(row: dict, tokenizer) -> tuple[str, str]:
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != prepare.IGNORE]
+    context = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == prepare.IGNORE]
+    return tokenizer.decode(trained), tokenizer.decode(context)
+
+
+def first_row_with(prepared, tokenizer, text: str) -> dict:
+    for row in prepared.train:
+        if text in tokenizer.decode(row["input_ids"]):
+            return row
+    raise AssertionError(text)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_auto_detects_every_format(fmt: str) -> None:
+    from datasets import load_dataset
+
+    columns = load_dataset("json", data_files=str(DATA / FORMATS[fmt]), split="train").column_names
+    assert data_lib.detect_format(columns) == fmt
+
+
+def test_chat_mask_trains_exactly_the_assistant_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared, tok = prepared_for(tmp_path, monkeypatch)
+    row = first_row_with(prepared, tok, "What colour is the grass?")
+    trained, context = trained_and_context(row, tok)
+    assert trained == "The grass is green.<|im_end|>"  # the {% generation %} span: answer and end-of-turn token
+    assert context.endswith("<|im_start|>user\nWhat colour is the grass?<|im_end|>\n<|im_start|>assistant\n\n")
+
+
+def test_alpaca_mask_trains_exactly_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={DATA / FORMATS['alpaca']}",
+                                 "data.format=alpaca")
+    row = first_row_with(prepared, tok, "Give the opposite of the word.\n\nhot")
+    trained, context = trained_and_context(row, tok)
+    assert trained == "The opposite of hot is cold.<|im_end|>\n"  # completion = what follows the rendered prompt
+    assert context == "<|im_start|>user\nGive the opposite of the word.\n\nhot<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_loss_on_all_trains_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared, _ = prepared_for(tmp_path, monkeypatch, "data.loss_on=all")
+    assert all(all(label != prepare.IGNORE for label in row["labels"]) for row in prepared.train)
+
+
+def test_length_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=30", "data.overlength=drop")
+    stats = dropped.stats["train"]
+    assert stats.dropped_overlength == stats.overlength > 0 and stats.samples == 71 - stats.overlength
+    assert all(len(row["input_ids"]) <= 30 for row in dropped.train)
+    cut, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=30", "data.overlength=truncate")
+    assert cut.stats["train"].truncated == stats.overlength and all(len(r["input_ids"]) <= 30 for r in cut.train)
+    with pytest.raises(ConfigError, match=r"data.overlength: \d+ train samples are longer than 30 tokens"):
+        prepared_for(tmp_path, monkeypatch, "data.max_length=30", "data.overlength=raise")
+
+
+def test_cache_serves_the_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _ = prepared_for(tmp_path, monkeypatch)
+    second, _ = prepared_for(tmp_path, monkeypatch)
+    assert not first.from_cache and second.from_cache
+    assert second.train["input_ids"] == first.train["input_ids"] and second.train["labels"] == first.train["labels"]
+    changed, _ = prepared_for(tmp_path, monkeypatch, "data.loss_on=all")
+    assert not changed.from_cache  # a different config is a different cache entry
+
+
+@pytest.mark.e2e
+def test_training_on_every_format(tmp_path: Path, home: Path) -> None:
+    sweep = tmp_path / "sweep"
+    sources = ",".join(f"assets/data/{name}" for name in FORMATS.values())
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", f"data.source={sources}", "data.format=auto",
+                     "data.val_size=0", "logger=none", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS))]
+    assert all(s["status"] == "completed" and s["final_loss"] < s["initial_loss"] for s in summaries)
+    assert sorted(s["data_format"] for s in summaries) == sorted(FORMATS)
+    assert "format detected from columns" in result.stdout
+
+
+@pytest.mark.e2e
+def test_alpaca_trains_on_the_hf_backend(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "logger=none", "trainer.max_steps=6",
+                     f"data.source={DATA / FORMATS['alpaca']}", "data.format=alpaca", f"hydra.run.dir={tmp_path / 'r'}",
+                     home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.e2e
+def test_preprocess_marks_trained_tokens_and_caches(tmp_path: Path, home: Path) -> None:
+    first = run_cli("pipeline.preprocess", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'a'}", home=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[[" in first.stdout and "<|im_end|>]]" in first.stdout  # not a terminal: brackets mark the loss
+    assert "train: 64 samples, tokens min" in first.stdout and "p95" in first.stdout
+    assert "served from cache" not in first.stdout
+    second = run_cli("pipeline.preprocess", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'b'}", home=home)
+    assert "served from cache" in second.stdout
+    assert json.loads((tmp_path / "b" / "data_stats.json").read_text())["from_cache"] is True
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+BAD_DATA = {
+    "columns": ([{"question": "q", "answer": "a"}], ["data.format=alpaca"],
+                "error: data.format: format 'alpaca' needs columns ['instruction', 'output'] but the data has "
+                "['question', 'answer']"),
+    "empty": ([], [], "error: data.source: the dataset is empty"),
+    "role": ([{"messages": [{"role": "bot", "content": "hi"}]}], ["data.format=messages"],
+             "error: data.source: sample 0 has a message with role 'bot'"),
+    "no_trained_token": ([{"messages": [{"role": "user", "content": "a long question " * 20},
+                                        {"role": "assistant", "content": "yes"}]}] * 3,
+                         ["data.max_length=16", "data.overlength=truncate"],
+                         "error: data.loss_on: no train sample has a trained token left"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_is_one_line_and_exit_2(case: str, tmp_path: Path, home: Path) -> None:
+    rows, overrides, expected = BAD_DATA[case]
+    source = write_jsonl(tmp_path / "data.jsonl", rows)
+    result = run_cli("pipeline.train", "experiment=quickstart", f"data.source={source}", "data.val_size=0",
+                     *overrides, f"hydra.run.dir={tmp_path / 'run'}", home=home)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [error_lines(result.stderr)[-1]]
+    assert error_lines(result.stderr)[0].startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The error report; progress bars of the data loading before it are not part of it."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), stderr[-2000:]
+    return [line for line in lines if line.startswith("error:")]
+
+
+def test_a_template_that_cannot_render_is_one_line(tmp_path: Path, home: Path) -> None:
+    # Gemma's template refuses system messages; a third of the sample conversations have one
+    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "model.chat_template=gemma",
+                     f"hydra.run.dir={tmp_path / 'run'}", home=home)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == ["error: model.chat_template: the chat template cannot render a train sample: "
+                                          "System role not supported. Use a template that fits the data's roles."]
