@@ -57,7 +57,7 @@ class DataConfig:
     subset: Optional[str] = None
     split: str = "train"
     format: str = "auto"
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: Any = None
     loss_on: str = "responses"
     val_size: float = 0.0
     eval_source: Any = None
@@ -251,6 +251,11 @@ def _validate_combinations(cfg: DictConfig) -> None:
     if cfg.backend == "unsloth" and cfg.lora.init_weights in ("pissa", "olora"):
         raise ConfigError("lora.init_weights", f"'{cfg.lora.init_weights}' is not supported by Unsloth",
                           "use backend=hf, or init_weights true|gaussian|loftq|corda")
+    columns = cfg.data.columns
+    if columns is not None and not (isinstance(columns, DictConfig)
+                                    and all(isinstance(v, str) for v in columns.values())):
+        raise ConfigError("data.columns", f"{columns} is not a mapping of column names",
+                          "write it as data.columns={instruction: question, output: answer} (format name: yours)")
     if cfg.data.eval_source not in (None, "", []) and cfg.data.val_size:
         raise ConfigError("data.val_size", f"{cfg.data.val_size} is set together with data.eval_source",
                           "set data.val_size=0 to evaluate on data.eval_source, or drop data.eval_source")

@@ -64,7 +64,7 @@ def load_source(data: Any, source: Any = None) -> Any:
     source = data.source if source is None else source
     sources = source if isinstance(source, list) else [source]
     parts = [_load_one(str(s), data) for s in sources]
-    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(_aligned(parts, sources))
     if data.columns:
         dataset = dataset.rename_columns({old: new for new, old in data.columns.items()
                                           if old in dataset.column_names})
@@ -73,6 +73,18 @@ def load_source(data: Any, source: Any = None) -> Any:
     if len(dataset) == 0:
         raise ConfigError("data.source", "the dataset is empty", "point data.source at a file with samples")
     return dataset
+
+
+def _aligned(parts: list, sources: list) -> list:
+    """Cast every source to the first one's column types (CSV and JSON disagree on string types)."""
+    first = parts[0]
+    aligned = [first]
+    for part, source in zip(parts[1:], sources[1:], strict=True):
+        if sorted(part.column_names) != sorted(first.column_names):
+            raise ConfigError("data.source", f"{source} has columns {part.column_names} but {sources[0]} has "
+                              f"{first.column_names}", "give sources with the same columns (or map them)")
+        aligned.append(part if part.features == first.features else part.cast(first.features))
+    return aligned
 
 
 def _load_one(source: str, data: Any) -> Any:

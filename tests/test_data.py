@@ -104,12 +104,38 @@ def test_training_on_every_format(tmp_path: Path, home: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_alpaca_trains_on_the_hf_backend(tmp_path: Path, home: Path) -> None:
+def test_alpaca_trains_packed_on_the_hf_backend(tmp_path: Path, home: Path) -> None:
     result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "logger=none", "trainer.max_steps=6",
-                     f"data.source={DATA / FORMATS['alpaca']}", "data.format=alpaca", f"hydra.run.dir={tmp_path / 'r'}",
-                     home=home)
+                     f"data.source={DATA / FORMATS['alpaca']}", "data.format=alpaca", "data.packing=true",
+                     f"hydra.run.dir={tmp_path / 'r'}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "completed"
+    assert "Packing train dataset" in result.stderr  # TRL's packing, on our tokenized rows
+
+
+def test_local_sources_in_every_form(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    rows = load_dataset("json", data_files=str(DATA / FORMATS["alpaca"]), split="train")
+    rows.to_csv(tmp_path / "a.csv")
+    rows.to_parquet(tmp_path / "b.parquet")
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    rows.to_json(folder / "c.jsonl")
+    for source, count in ((str(tmp_path / "a.csv"), 71), (str(tmp_path / "b.parquet"), 71), (str(folder), 71),
+                          (str(tmp_path / "*.parquet"), 71), ([str(tmp_path / "a.csv"), str(folder)], 142)):
+        run = to_runconfig(compose("experiment=quickstart", f"data.source={json.dumps(source)}"))
+        assert len(data_lib.load_source(run.data)) == count, source
+
+
+def test_column_mapping_and_a_separate_eval_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    renamed = [{"question": "Say hi.", "answer": f"Hi {i}."} for i in range(5)]
+    train = write_jsonl(tmp_path / "train.jsonl", renamed)
+    held_out = write_jsonl(tmp_path / "eval.jsonl", renamed[:2])
+    prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={train}", f"data.eval_source={held_out}",
+                                 "data.format=alpaca", "data.columns={instruction: question, output: answer}")
+    assert (len(prepared.train), len(prepared.eval)) == (5, 2)
+    assert trained_and_context(prepared.train[0], tok)[0] == "Hi 0.<|im_end|>\n"
 
 
 @pytest.mark.e2e

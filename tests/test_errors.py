@@ -27,6 +27,7 @@ CASES = [
     ("logger.mode=online", "error: logger.mode: online needs W&B credentials"),
     ("data.source=no-such-org/no-such-dataset", "error: data.source: cannot load hub dataset"),
     ("model.name=no-such-org/no-such-model", "error: model.name: cannot load 'no-such-org/no-such-model'"),
+    ("data.columns=5", "error: data.columns: 5 is not a mapping of column names"),
     ("data.source=missing/file.jsonl", "error: data.source: file not found: missing/file.jsonl"),
 ]
 
