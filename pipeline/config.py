@@ -251,6 +251,9 @@ def _validate_combinations(cfg: DictConfig) -> None:
     if cfg.backend == "unsloth" and cfg.lora.init_weights in ("pissa", "olora"):
         raise ConfigError("lora.init_weights", f"'{cfg.lora.init_weights}' is not supported by Unsloth",
                           "use backend=hf, or init_weights true|gaussian|loftq|corda")
+    if cfg.data.max_length is not None and cfg.data.max_length > cfg.model.max_seq_length:
+        raise ConfigError("data.max_length", f"{cfg.data.max_length} is above model.max_seq_length "
+                          f"({cfg.model.max_seq_length})", "lower data.max_length or raise model.max_seq_length")
     columns = cfg.data.columns
     if columns is not None and not (isinstance(columns, DictConfig)
                                     and all(isinstance(v, str) for v in columns.values())):

@@ -1,7 +1,7 @@
 """One fine-tuning run, top to bottom: setup -> train -> save -> report.
 
-Phases are named as in the run's log. Data is checked with the tokenizer before any model weight loads,
-target modules are checked against the loaded model, and every file in the run directory is written here.
+Data is tokenized and checked with the tokenizer alone, and target modules against a weightless skeleton of the
+model, before any weight loads; every file in the run directory is written here.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def build_sft_config(run: Any, precision: Precision, checkpoints_dir: Path, data
         # The backend already set gradient checkpointing up (Unsloth's own, or PEFT's k-bit preparation).
         gradient_checkpointing=False,
         report_to=report_to,
-        max_length=run.model.max_seq_length,
+        max_length=run.data.max_length or run.model.max_seq_length,
         packing=run.data.packing,
         assistant_only_loss=datasets.assistant_only_loss,
         completion_only_loss=datasets.completion_only_loss,
