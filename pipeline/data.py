@@ -39,6 +39,7 @@ class Datasets:
     format: str                 # the source format (after auto-detection)
     assistant_only_loss: bool   # TRL masks everything but `{% generation %}` spans
     completion_only_loss: bool  # TRL masks the prompt of prompt/completion samples
+    dropped_without_answer: int = 0  # conversations with no assistant turn (nothing to train on)
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
@@ -68,8 +69,6 @@ def load_source(data: Any, source: Any = None) -> Any:
     if data.columns:
         dataset = dataset.rename_columns({old: new for new, old in data.columns.items()
                                           if old in dataset.column_names})
-    if data.max_samples:
-        dataset = dataset.select(range(min(data.max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ConfigError("data.source", "the dataset is empty", "point data.source at a file with samples")
     return dataset
@@ -83,7 +82,11 @@ def _aligned(parts: list, sources: list) -> list:
         if sorted(part.column_names) != sorted(first.column_names):
             raise ConfigError("data.source", f"{source} has columns {part.column_names} but {sources[0]} has "
                               f"{first.column_names}", "give sources with the same columns (or map them)")
-        aligned.append(part if part.features == first.features else part.cast(first.features))
+        try:
+            aligned.append(part if part.features == first.features else part.cast(first.features))
+        except (ValueError, TypeError, ArithmeticError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise ConfigError("data.source", f"{source} cannot be read with the column types of {sources[0]}: "
+                              f"{first_line(error)}", "give sources with the same column types") from error
     return aligned
 
 
@@ -158,16 +161,22 @@ def _check_columns(columns: list[str], fmt: str) -> None:
                           f"data has {columns}", "set data.format to match, or map columns with data.columns")
 
 
+def _text(value: Any) -> str:
+    """A cell as text: CSV numbers become strings; missing values become empty."""
+    return "" if value is None else str(value)
+
+
 def _alpaca_to_prompt_completion(row: dict) -> dict:
-    user = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    instruction, input_ = _text(row["instruction"]), _text(row.get("input"))
+    user = f"{instruction}\n\n{input_}" if input_ else instruction
     return {"prompt": [{"role": "user", "content": user}],
-            "completion": [{"role": "assistant", "content": row["output"]}]}
+            "completion": [{"role": "assistant", "content": _text(row["output"])}]}
 
 
 def _sharegpt_to_messages(row: dict) -> dict:
     """from/value turns (ShareGPT) or role/content turns under a `conversations` column -> messages."""
     messages = []
-    for turn in row["conversations"]:
+    for turn in row["conversations"] or []:
         role = turn.get("from", turn.get("role"))
         content = turn.get("value", turn.get("content"))
         if role not in SHAREGPT_ROLES or content is None:
@@ -177,10 +186,11 @@ def _sharegpt_to_messages(row: dict) -> dict:
     return {"messages": messages}
 
 
-def _messages_to_prompt_completion(row: dict) -> dict:
-    """Split off the last assistant turn: earlier turns become context, the last one carries the loss."""
+def _until_last_answer(row: dict) -> dict:
+    """Earlier turns become the prompt, the last assistant turn the completion (what follows it is dropped)."""
     messages = row["messages"]
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
+    last = max(i for i, turn in enumerate(messages) if turn["role"] == "assistant")
+    return {"prompt": messages[:last], "completion": [messages[last]]}
 
 
 def has_generation_markers(tokenizer: Any) -> bool:
@@ -188,29 +198,76 @@ def has_generation_markers(tokenizer: Any) -> bool:
     return "{% generation %}" in template or "{%- generation %}" in template
 
 
-def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any, bool, bool]:
-    """Rewrite rows into TRL's form; returns (dataset, assistant_only_loss, completion_only_loss)."""
+def use_training_template(tokenizer: Any) -> bool:
+    """Give the tokenizer a template with `{% generation %}` markers: its own, or TRL's patched version for the
+    families TRL knows (Llama 3, Qwen 2.5/3, Phi-3, Gemma, ...). False when neither exists."""
+    if has_generation_markers(tokenizer):
+        return True
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except ValueError:  # a template TRL cannot patch
+        return False
+    if patched:
+        tokenizer.chat_template = patched
+    return has_generation_markers(tokenizer)
+
+
+def _has_answer(row: dict) -> bool:
+    return any(turn["role"] == "assistant" for turn in row["messages"])
+
+
+def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any, bool, bool, int]:
+    """Rewrite rows into TRL's form.
+
+    Returns (dataset, assistant_only_loss, completion_only_loss, conversations dropped for having no answer).
+    """
     columns = dataset.column_names
     responses = loss_on == "responses"
+    _check_rows(dataset, fmt)
     if fmt == "text":
-        return dataset.select_columns(["text"]), False, False
+        return dataset.select_columns(["text"]).map(lambda r: {"text": _text(r["text"])}), False, False, 0
     if fmt == "prompt_completion":
-        return dataset.select_columns(["prompt", "completion"]), False, responses
+        return dataset.select_columns(["prompt", "completion"]), False, responses, 0
     if fmt == "alpaca":
+        dataset = dataset.map(_alpaca_to_prompt_completion, remove_columns=columns)
         if not responses:  # whole conversation trained: plain messages
-            dataset = dataset.map(lambda r: {"messages": sum(_alpaca_to_prompt_completion(r).values(), [])},
-                                  remove_columns=columns)
-            return dataset, False, False
-        return dataset.map(_alpaca_to_prompt_completion, remove_columns=columns), False, True
+            return dataset.map(lambda r: {"messages": r["prompt"] + r["completion"]},
+                               remove_columns=["prompt", "completion"]), False, False, 0
+        return dataset, False, True, 0
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
     dataset = dataset.select_columns(["messages"])
     _check_roles(dataset)
     if not responses:
-        return dataset, False, False
-    if has_generation_markers(tokenizer):
-        return dataset, True, False
-    return dataset.map(_messages_to_prompt_completion, remove_columns=["messages"]), False, True
+        return dataset, False, False, 0
+    with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
+    dropped = len(dataset) - len(with_answer)
+    if use_training_template(tokenizer):
+        return with_answer, True, False, dropped  # every assistant turn carries the loss
+    log.info("data: the chat template marks no assistant turns and TRL has no patched version of it; "
+             "only the last assistant turn of each conversation carries the loss")
+    return with_answer.map(_until_last_answer, remove_columns=["messages"]), False, True, dropped
+
+
+REQUIRED_TEXT = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
+                 "text": ("text",)}
+
+
+def _check_rows(dataset: Any, fmt: str) -> None:
+    """Name the first sample with a missing or empty required field (CSV gaps, nulls in JSON)."""
+    for column in REQUIRED_TEXT.get(fmt, ()):
+        for index, value in enumerate(dataset[column]):
+            if value is None or (isinstance(value, (str, list)) and not value):
+                raise ConfigError("data.source", f"sample {index} has an empty '{column}'",
+                                  "fill it in or remove the sample")
+    if fmt in ("messages", "sharegpt"):
+        column = "messages" if fmt == "messages" else "conversations"
+        for index, turns in enumerate(dataset[column]):
+            if not turns:
+                raise ConfigError("data.source", f"sample {index} has no '{column}'",
+                                  "give every sample at least one turn")
 
 
 def _check_roles(dataset: Any) -> None:
@@ -219,6 +276,9 @@ def _check_roles(dataset: Any) -> None:
             if turn.get("role") not in MESSAGE_ROLES:
                 raise ConfigError("data.source", f"sample {index} has a message with role {turn.get('role')!r}",
                                   f"use roles {', '.join(MESSAGE_ROLES)} (or map them in the file)")
+            if turn.get("content") is None:
+                raise ConfigError("data.source", f"sample {index} has a {turn.get('role')} message with no content",
+                                  "fill it in or remove the sample")
 
 
 def split(dataset: Any, val_size: float, seed: int) -> tuple[Any, Any]:
@@ -242,11 +302,16 @@ def build(data: Any, tokenizer: Any, seed: int) -> Datasets:
     if fmt not in ("text", "prompt_completion") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
                           "set model.chat_template, e.g. model.chat_template=chatml")
-    dataset, assistant_only, completion_only = normalize(dataset, fmt, data.loss_on, tokenizer)
+    dataset, assistant_only, completion_only, dropped = normalize(dataset, fmt, data.loss_on, tokenizer)
     if data.eval_source not in (None, "", []):
         held_out = load_source(data, data.eval_source)
         _check_columns(held_out.column_names, fmt)
-        train, evaluation = dataset, normalize(held_out, fmt, data.loss_on, tokenizer)[0]
+        evaluation, _, _, dropped_eval = normalize(held_out, fmt, data.loss_on, tokenizer)
+        train, dropped = dataset, dropped + dropped_eval
     else:
         train, evaluation = split(dataset, data.val_size, seed)
-    return Datasets(train, evaluation, fmt, assistant_only, completion_only)
+    if data.max_samples and len(train) > data.max_samples:  # a cap on training samples only
+        train = train.select(range(data.max_samples))
+    if dropped:
+        log.info("data: %d conversations without an assistant answer dropped", dropped)
+    return Datasets(train, evaluation, fmt, assistant_only, completion_only, dropped)

@@ -37,6 +37,7 @@ class LengthStats:
     truncated: int
     dropped_untrained: int    # samples left with no trained token (dropped)
     trained_tokens: int
+    dropped_without_answer: int = 0  # conversations with no assistant turn, dropped before tokenizing
 
 
 @dataclass
@@ -68,10 +69,14 @@ def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: st
         raise ConfigError("model.chat_template", f"the chat template cannot render a {name} sample: "
                           f"{first_line(error)}", "use a template that fits the data's roles") from error
     except RuntimeError as error:
-        if "no assistant tokens" in str(error):
-            raise ConfigError("data.loss_on", f"a {name} sample has no assistant tokens to train on",
-                              "check that every conversation ends with an assistant turn") from error
-        raise
+        if "no assistant tokens" not in str(error):
+            raise
+        raise ConfigError("model.chat_template", f"the chat template marks no assistant tokens in a {name} sample",
+                          "use a template whose {% generation %} markers cover assistant turns, "
+                          "or data.loss_on=all") from error
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError("data.source", f"cannot tokenize a {name} sample: {first_line(error)}",
+                          "check the sample's fields against data.format") from error
 
 
 def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, loss_on: str) -> tuple[Any, LengthStats]:
@@ -83,6 +88,9 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
                           "raise data.max_length, or set data.overlength=drop or truncate")
     if over and policy == "drop":
         dataset = dataset.filter(lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping long {name}")
+        if len(dataset) == 0:
+            raise ConfigError("data.overlength", f"every {name} sample is longer than {max_length} tokens "
+                              f"(shortest: {min(lengths)})", "raise data.max_length, or use data.overlength=truncate")
     elif over:
         dataset = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length],
                                            "labels": row["labels"][:max_length]}, desc=f"Truncating {name}")
@@ -94,6 +102,7 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
                  "check model.chat_template, or train on everything with data.loss_on=all"
                  if loss_on == "responses" else "every sample is empty after tokenization")
         raise ConfigError("data.loss_on", f"no {name} sample has a trained token left", cause)
+    # the statistics below describe the samples as tokenized, before the length policy
     ordered = sorted(lengths)
     stats = LengthStats(
         samples=len(dataset), min=ordered[0], median=statistics.median(ordered),
@@ -130,7 +139,7 @@ def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
            "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
-           "seed": run.seed, "version": 1}
+           "seed": run.seed, "version": 2}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -166,6 +175,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:
         tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name)
         parts[name], stats[name] = apply_length_policy(tokenized, max_length, run.data.overlength, name,
                                                        run.data.loss_on)
+    stats["train"].dropped_without_answer = datasets.dropped_without_answer
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder if run.data.cache else None, False)
     if run.data.cache:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +186,8 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:
 
 def describe(stats: LengthStats) -> str:
     return (f"{stats.samples} samples, tokens min {stats.min} / median {stats.median:g} / p95 {stats.p95} / "
-            f"max {stats.max} (limit {stats.max_length}); over the limit {stats.overlength} "
+            f"max {stats.max} before the limit of {stats.max_length}; over it {stats.overlength} "
             f"(dropped {stats.dropped_overlength}, truncated {stats.truncated}); "
-            f"dropped with no trained token {stats.dropped_untrained}; trained tokens {stats.trained_tokens}")
+            f"dropped with no trained token {stats.dropped_untrained}"
+            + (f", without an answer {stats.dropped_without_answer}" if stats.dropped_without_answer else "")
+            + f"; trained tokens {stats.trained_tokens}")

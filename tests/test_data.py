@@ -196,3 +196,53 @@ def test_a_template_that_cannot_render_is_one_line(tmp_path: Path, home: Path) -
     assert result.returncode == 2
     assert error_lines(result.stderr) == ["error: model.chat_template: the chat template cannot render a train sample: "
                                           "System role not supported. Use a template that fits the data's roles."]
+
+
+MULTI_TURN = [
+    {"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                  {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"},
+                  {"role": "user", "content": "thanks"}]},
+    {"messages": [{"role": "user", "content": "nobody answers this"}]},
+    {"messages": [{"role": "user", "content": "Q3"}, {"role": "assistant", "content": "A3"}]},
+]
+
+
+def prepared_with_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template: str) -> tuple:
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("FT_DATA_CACHE", str(tmp_path / "cache"))
+    source = write_jsonl(tmp_path / "multi.jsonl", MULTI_TURN)
+    run = to_runconfig(compose("experiment=quickstart", "data.val_size=0", f"data.source={source}"))
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
+    tokenizer.chat_template = template
+    built = data_lib.build(run.data, tokenizer, run.seed)
+    return prepare.prepare(built, tokenizer, run), tokenizer
+
+
+def test_every_answer_trains_with_trls_patched_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.chat_templates import trl_templates
+
+    qwen = trl_templates()["qwen2_5"].read_text()  # no generation markers: TRL swaps in its training version
+    prepared, tok = prepared_with_template(tmp_path, monkeypatch, qwen)
+    assert len(prepared.train) == 2 and prepared.stats["train"].dropped_without_answer == 1
+    trained = [trained_and_context(row, tok)[0] for row in prepared.train]
+    # TRL's qwen2_5 training template opens the generation span on the newline after the role header
+    assert trained == ["\nA1<|im_end|>\n\nA2<|im_end|>\n", "\nA3<|im_end|>\n"]  # never the user's "thanks"
+
+
+def test_without_markers_the_last_answer_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    prepared, tok = prepared_with_template(tmp_path, monkeypatch, plain)
+    trained = [trained_and_context(row, tok)[0] for row in prepared.train]
+    assert trained == ["A2\n", "A3\n"]
+
+
+def test_empty_cells_are_named(tmp_path: Path, home: Path) -> None:
+    source = tmp_path / "data.csv"
+    source.write_text("instruction,input,output\nSay hi.,,Hi.\nSay bye.,,\n")
+    result = run_cli("pipeline.train", "experiment=quickstart", f"data.source={source}", "data.format=alpaca",
+                     "data.val_size=0", f"hydra.run.dir={tmp_path / 'run'}", home=home)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == ["error: data.source: sample 1 has an empty 'output'. "
+                                          "Fill it in or remove the sample."]
