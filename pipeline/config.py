@@ -320,3 +320,16 @@ def preset_label(requested: list[str], choice: Optional[str]) -> str:
     """The chosen preset's name, or 'custom' when lora.target_modules was given explicitly."""
     presets = preset_roles()
     return choice if choice in presets and presets[choice] == list(requested) else "custom"
+
+
+def architecture_applies(run: Any, model_choice: Optional[str]) -> bool:
+    """A preset's architecture numbers describe the preset's own model: not one named by a model.name override."""
+    if model_choice is None:
+        return True  # composed without Hydra's choices (tests, API): trust the config as given
+    from pathlib import Path
+
+    path = Path(_repo_path("conf/model")) / f"{model_choice}.yaml"
+    if not path.is_file():
+        return False
+    preset = OmegaConf.load(path)
+    return OmegaConf.to_container(OmegaConf.create({"name": preset.name}), resolve=True)["name"] == run.model.name

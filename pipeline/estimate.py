@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import targets
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, did_you_mean, first_line
 
 GIB = 2**30
 NF4_BLOCK = 64            # bitsandbytes 4-bit block size: one absmax per 64 weights
@@ -23,25 +23,42 @@ OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit"
 ACTIVATION_BYTES = 2      # activations are bf16 under mixed precision
 
 
-def build_meta_model(model_cfg: Any) -> Any:
-    """The architecture with no weights: a local model's config.json, else the preset's numbers (offline), else
-    the hub's config.json."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def model_config(model_cfg: Any, use_architecture: bool = True) -> Any:
+    """transformers config: a local model's config.json, else the preset's architecture numbers (offline; only
+    while model.name is still the preset's), else the hub's config.json."""
+    from transformers import AutoConfig
 
     if (Path(model_cfg.name) / "config.json").is_file():
-        config = AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
-    elif model_cfg.architecture:
+        return AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.architecture and use_architecture:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
         arch = dict(model_cfg.architecture)
-        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    else:
+        model_type = arch.pop("model_type", None)
+        if model_type not in CONFIG_MAPPING_NAMES:
+            raise ConfigError("model.architecture.model_type", f"unknown model type {model_type!r}",
+                              did_you_mean(str(model_type), CONFIG_MAPPING_NAMES) if model_type else
+                              "set it to a transformers model type, e.g. llama")
         try:
-            config = AutoConfig.from_pretrained(model_cfg.name, revision=model_cfg.revision,
-                                                trust_remote_code=model_cfg.trust_remote_code)
-        except OSError as error:
-            raise ConfigError("model.architecture", f"no architecture numbers and no config.json for "
-                              f"'{model_cfg.name}' ({str(error).splitlines()[0]})",
-                              "add model.architecture (model_type, hidden_size, ...) to the preset") from error
+            return AutoConfig.for_model(model_type, **arch)
+        except (ValueError, TypeError) as error:
+            raise ConfigError("model.architecture", f"not a valid {model_type} config: {first_line(error)}",
+                              "check the architecture numbers against the model's config.json") from error
+    try:
+        return AutoConfig.from_pretrained(model_cfg.name, revision=model_cfg.revision,
+                                          trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ConfigError("model.name", f"no config.json for '{model_cfg.name}' ({first_line(error)})",
+                          "check the name and network access, or use a model preset that carries its "
+                          "architecture numbers") from error
+
+
+def build_meta_model(model_cfg: Any, use_architecture: bool = True) -> Any:
+    """The architecture with no weights (meta device): counts and names without a download."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(model_cfg, use_architecture)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
@@ -131,11 +148,16 @@ def activation_bytes(config: Any, run: Any, target_modules: list[str]) -> float:
                    + h * any(k in names for k in ("gate", "up_proj", "c_fc", "fc1", "dense_h_to_4h"))
                    + inter * any(k in names for k in ("down", "fc2", "mlp.c_proj", "dense_4h_to_h")))
     per_token_layer = 4 * h + 2 * kv_dim + 3 * inter + lora_inputs + run.lora.r * len(target_modules)
-    tokens = run.trainer.per_device_train_batch_size * run.model.max_seq_length
+    tokens = run.trainer.per_device_train_batch_size * sequence_length(run)
     layers = config.num_hidden_layers
     if run.trainer.gradient_checkpointing:
         return (layers * h + per_token_layer) * tokens * ACTIVATION_BYTES
     return layers * per_token_layer * tokens * ACTIVATION_BYTES
+
+
+def sequence_length(run: Any) -> int:
+    """The token limit training really uses (data.max_length, else the model's max_seq_length)."""
+    return run.data.max_length or run.model.max_seq_length
 
 
 LOSS_CHUNKS = 8  # chunked cross-entropy (Unsloth's fused loss on GPU, torchtune's CEWithChunkedOutputLoss)
@@ -146,7 +168,7 @@ def logits_bytes(config: Any, run: Any, chunked: bool) -> float:
 
     A chunked loss only ever holds one chunk of them.
     """
-    tokens = run.trainer.per_device_train_batch_size * run.model.max_seq_length
+    tokens = run.trainer.per_device_train_batch_size * sequence_length(run)
     return tokens * config.vocab_size * (2 + 4 + 4) / (LOSS_CHUNKS if chunked else 1)
 
 
@@ -162,7 +184,9 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
     trainable, adapted = lora_parameter_count(shapes, target_modules, run.lora.r)
     trainable += expert_lora_count(model, target_parameters or [], run.lora.r)
     for extra in run.lora.modules_to_save or []:
-        trainable += sum(p.numel() for n, p in model.named_parameters() if f".{extra}." in f".{n}")
+        # trained in full as a copy, so a weight tied to the embeddings counts again
+        trainable += sum(p.numel() for name, module in model.named_modules()
+                         if name == extra or name.endswith(f".{extra}") for p in module.parameters())
     base_params = sum(p.numel() for p in model.parameters())
     quantized = run.quantization.bits in (4, 8)
     adapter_bytes = 2 if quantized else 4  # TRL keeps QLoRA adapters in bf16; PEFT upcasts 16-bit LoRA to fp32

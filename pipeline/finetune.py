@@ -18,7 +18,7 @@ from pipeline import data as data_lib
 from pipeline import estimate, prepare, targets, tracking
 from pipeline.backends import get_backend, loaded_quantization
 from pipeline.chat_templates import apply_named_chat_template
-from pipeline.config import TrainConfig, to_plain_dict
+from pipeline.config import TrainConfig, architecture_applies, to_plain_dict
 from pipeline.errors import ConfigError, first_line
 from pipeline.precision import resolve_precision
 
@@ -81,7 +81,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     # already tokenized and masked: SFTTrainer keeps the labels and skips its own preparation
     datasets = data_lib.Datasets(prepared.train, prepared.eval, built.format, False, False)
     with model_load_errors(run.model.name):
-        skeleton = estimate.build_meta_model(run.model)  # no weights: wrong target names fail before loading
+        # no weights: wrong target names fail before loading
+        skeleton = estimate.build_meta_model(run.model, architecture_applies(run, ctx.get("choices", {}).get("model")))
     resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, preset)
     targets.validate_against_model(resolution, skeleton)
     set_seed(run.seed)
@@ -112,7 +113,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     for note in resolution.notes:
         log.info("note: %s", note)
     if run.backend == "unsloth":
-        for blocker in backend.fast_path_blockers(run, _resolved_roles(run.lora.target_modules)):
+        roles = targets.covered_roles(resolution, skeleton.config.model_type)
+        for blocker in backend.fast_path_blockers(run, roles):
             log.info("note: Unsloth's fused LoRA fast path is off on GPU: %s", blocker)
 
     summary: dict[str, Any] = {
@@ -228,9 +230,3 @@ def _tokens_per_second(rows: list[dict], runtime: float) -> float | None:
 
 def _asked_quantization(run: TrainConfig) -> str:
     return "none" if run.quantization.bits == 16 else f"{run.quantization.bits}-bit"
-
-
-def _resolved_roles(requested: list[str]) -> set[str]:
-    from pipeline.config import ROLES
-
-    return {r for r in requested if r in ROLES}

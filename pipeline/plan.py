@@ -14,7 +14,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.config import preset_label, preset_roles, register_configs, register_resolvers, to_runconfig
+from pipeline.config import (
+    architecture_applies,
+    preset_label,
+    preset_roles,
+    register_configs,
+    register_resolvers,
+    to_runconfig,
+)
 from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
 
 log = logging.getLogger(__name__)
@@ -23,10 +30,16 @@ register_resolvers()
 register_configs()
 
 
-def plan(run: Any, choice: str | None) -> dict:
+def estimate_sequence_length(run: Any) -> int:
+    from pipeline.estimate import sequence_length
+
+    return sequence_length(run)
+
+
+def plan(run: Any, choice: str | None, model_choice: str | None = None) -> dict:
     from pipeline import estimate, targets
 
-    model = estimate.build_meta_model(run.model)
+    model = estimate.build_meta_model(run.model, architecture_applies(run, model_choice))
     model_type = model.config.model_type
     presets = preset_roles()
     selected = preset_label(run.lora.target_modules, choice)
@@ -61,7 +74,7 @@ def flip_checkpointing(run: Any) -> Any:
 def settings_of(run: Any) -> dict:
     t = run.trainer
     return {"r": run.lora.r, "quantization_bits": run.quantization.bits, "double_quant": run.quantization.double_quant,
-            "batch_size": t.per_device_train_batch_size, "max_seq_length": run.model.max_seq_length,
+            "batch_size": t.per_device_train_batch_size, "max_seq_length": estimate_sequence_length(run),
             "gradient_checkpointing": t.gradient_checkpointing,
             "optimizer": "adamw_8bit" if t.optim == "auto" else t.optim}
 
@@ -89,7 +102,8 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run = to_runconfig(cfg)
-        result = plan(run, HydraConfig.get().runtime.choices.get("lora/target_modules"))
+        choices = HydraConfig.get().runtime.choices
+        result = plan(run, choices.get("lora/target_modules"), choices.get("model"))
     except ConfigError as error:
         report_and_exit(error)
     s = result["settings"]

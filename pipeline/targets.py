@@ -104,6 +104,13 @@ def _fused_notes(requested: list[str], table: dict[str, str | None]) -> list[str
     return notes
 
 
+def covered_roles(resolution: Resolution, model_type: str) -> set[str]:
+    """The roles really adapted: a fused module covers all of its roles, a literal name the role it plays."""
+    table = family_of(model_type) or {}
+    names = set(resolution.target_modules) | set(resolution.target_parameters)
+    return {role for role, name in table.items() if name in names}
+
+
 # --- validation against a built model ------------------------------------------------------------------------
 
 def linear_layer_names(model: Any) -> list[str]:

@@ -147,6 +147,13 @@ def test_plan_cli_writes_plan_json_offline(tmp_path: Path, home: Path) -> None:
     assert plan["presets"]["all_linear"]["vram_gib_checkpointing_flipped"] > plan["presets"]["all_linear"]["vram_gib"]
 
 
+def test_plan_never_prices_the_preset_for_another_model(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.plan", "model=llama3_1_8b", "model.name=someone/another-model",
+                     f"hydra.run.dir={tmp_path / 'plan'}", home=home)
+    assert result.returncode == 2  # offline: no config.json for that name, and the preset's numbers are not its
+    assert result.stderr.startswith("error: model.name: no config.json for 'someone/another-model'")
+
+
 def test_plan_refuses_a_missing_module(tmp_path: Path, home: Path) -> None:
     result = run_cli("pipeline.plan", "model=phi3_mini", "lora.target_modules=[q_proj,foo_proj]",
                      f"hydra.run.dir={tmp_path / 'plan'}", home=home)

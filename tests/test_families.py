@@ -66,7 +66,41 @@ def test_moe_experts_go_through_target_parameters(config_name: str) -> None:
                                                                 model.config.model_type), model)
     assert resolution.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # never the router `mlp.gate`
     assert resolution.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-    assert "'mlp.experts.gate_up_proj' is one fused layer for gate+up" not in " ".join(resolution.notes)
+    partial = targets.resolve(["q", "gate"], model.config.model_type)
+    assert partial.notes == ["'mlp.experts.gate_up_proj' is one fused layer for gate+up: adapting gate also adapts up"]
+
+
+@pytest.mark.parametrize("config_name", ["GPT2Config", "Phi3Config", "MixtralConfig", "FalconConfig"])
+def test_plan_from_a_local_config_matches_peft(config_name: str, tmp_path) -> None:
+    """The whole plan path (config.json -> meta-device skeleton -> counts) against PEFT on the real model."""
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.plan import plan
+
+    model = tiny_model(config_name)
+    model.config.save_pretrained(tmp_path)
+    result = plan(to_runconfig(compose(f"model.name={tmp_path}", "lora.r=4")), "all_linear")
+    for name, preset in result["presets"].items():
+        resolution = targets.validate_against_model(
+            targets.resolve(preset_roles()[name], model.config.model_type, name), tiny_model(config_name))
+        assert preset["trainable_params"] == peft_trainable(tiny_model(config_name), resolution, r=4), name
+
+
+def test_modules_to_save_counts_tied_weights_like_peft() -> None:
+    import transformers
+    from conftest import compose
+    from peft import LoraConfig, get_peft_model
+
+    from pipeline.config import to_runconfig
+
+    config = transformers.LlamaConfig(**{**SMALL, **FAMILIES["LlamaConfig"]}, tie_word_embeddings=True)
+    run = to_runconfig(compose("lora.r=4", "lora.modules_to_save=[lm_head]"))
+    meta = transformers.AutoModelForCausalLM.from_config(config)
+    planned = estimate.estimate(meta, run, ["q_proj", "v_proj"]).trainable_params
+    real = get_peft_model(transformers.AutoModelForCausalLM.from_config(config),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"]))
+    assert planned == real.get_nb_trainable_parameters()[0]
 
 
 def test_gpt2_attention_preset_leaves_the_mlp_projection_alone() -> None:

@@ -25,6 +25,18 @@ def test_phi3_minimal_targets_the_fused_qkv_and_says_so() -> None:
     assert res.notes == ["'qkv_proj' is one fused layer for q+k+v: adapting q+v also adapts k"]
 
 
+def test_fast_path_sees_fused_and_literal_modules() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.backends.unsloth import fast_path_blockers
+
+    run = SimpleNamespace(lora=SimpleNamespace(dropout=0.0, bias="none"))
+    phi3_minimal = targets.covered_roles(targets.resolve(["q", "v"], "phi3"), "phi3")
+    assert phi3_minimal == {"q", "k", "v"} and fast_path_blockers(run, phi3_minimal) == []
+    literal = targets.covered_roles(targets.resolve(["q_proj", "v_proj"], "llama"), "llama")
+    assert fast_path_blockers(run, literal) == ["only q+v of q+k+v adapted (fused kernels need all)"]
+
+
 def test_gpt2_disambiguates_c_proj_by_parent() -> None:
     assert targets.resolve(ALL, "gpt2").target_modules == ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 
