@@ -77,7 +77,7 @@ def linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
 
 def lora_parameter_count(shapes: dict[str, tuple[int, int]], target_modules: list[str], r: int) -> tuple[int, int]:
     """(trainable LoRA parameters, adapted layers) for PEFT's matching rule."""
-    adapted = [n for n in shapes if any(targets._matches(n, t) for t in target_modules)]
+    adapted = [n for n in shapes if any(targets.matches(n, t) for t in target_modules)]
     return sum(r * (shapes[n][0] + shapes[n][1]) for n in adapted), len(adapted)
 
 
@@ -85,7 +85,7 @@ def expert_lora_count(model: Any, target_parameters: list[str], r: int) -> int:
     """LoRA on a fused (experts, out, in) weight: PEFT gives each expert its own rank-r pair."""
     total = 0
     for name, param in model.named_parameters():
-        if param.ndim == 3 and any(targets._matches(name, t) for t in target_parameters):
+        if param.ndim == 3 and any(targets.matches(name, t) for t in target_parameters):
             experts, out_features, in_features = param.shape
             total += experts * r * (in_features + out_features)
     return total

@@ -7,13 +7,13 @@ so nothing is downloaded and no GPU is needed. Writes plan.json into the run dir
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
+from pipeline import estimate, targets
 from pipeline.config import (
     architecture_applies,
     preset_label,
@@ -24,21 +24,11 @@ from pipeline.config import (
 )
 from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
 
-log = logging.getLogger(__name__)
-
 register_resolvers()
 register_configs()
 
 
-def estimate_sequence_length(run: Any) -> int:
-    from pipeline.estimate import sequence_length
-
-    return sequence_length(run)
-
-
 def plan(run: Any, choice: str | None, model_choice: str | None = None) -> dict:
-    from pipeline import estimate, targets
-
     model = estimate.build_meta_model(run.model, architecture_applies(run, model_choice))
     model_type = model.config.model_type
     presets = preset_roles()
@@ -74,7 +64,7 @@ def flip_checkpointing(run: Any) -> Any:
 def settings_of(run: Any) -> dict:
     t = run.trainer
     return {"r": run.lora.r, "quantization_bits": run.quantization.bits, "double_quant": run.quantization.double_quant,
-            "batch_size": t.per_device_train_batch_size, "max_seq_length": estimate_sequence_length(run),
+            "batch_size": t.per_device_train_batch_size, "max_seq_length": estimate.sequence_length(run),
             "gradient_checkpointing": t.gradient_checkpointing,
             "optimizer": "adamw_8bit" if t.optim == "auto" else t.optim}
 

@@ -125,7 +125,7 @@ def linear_layer_names(model: Any) -> list[str]:
     return names
 
 
-def _matches(layer: str, target: str) -> bool:
+def matches(layer: str, target: str) -> bool:
     """PEFT's rule for a list of target names: the whole name, or a dotted suffix of it."""
     return layer == target or layer.endswith("." + target)
 
@@ -140,17 +140,17 @@ def validate_against_model(resolution: Resolution, model: Any) -> Resolution:
     layer_names = linear_layer_names(model)
     expert_names = expert_parameter_names(model)
     for target in resolution.target_parameters:
-        if not any(_matches(name, target) for name in expert_names):
+        if not any(matches(name, target) for name in expert_names):
             raise ConfigError("lora.target_modules", f"'{target}' matches no expert weight of this model",
                               "use the attention preset, or list the module names literally")
     distinct = sorted({n.rsplit(".", 1)[-1] for n in layer_names})
     for target in resolution.target_modules:
-        if not any(_matches(layer, target) for layer in layer_names):
-            close = difflib.get_close_matches(target.rsplit(".", 1)[-1], distinct, n=1, cutoff=0.4)
+        if not any(matches(layer, target) for layer in layer_names):
+            close = difflib.get_closematches(target.rsplit(".", 1)[-1], distinct, n=1, cutoff=0.4)
             hint = f"closest: '{close[0]}'. " if close else ""
             raise ConfigError("lora.target_modules", f"'{target}' matches no linear layer of this model "
                               f"(its linear layers: {', '.join(distinct)})", f"{hint}Use one of those names")
     resolution.adapted_layers = sum(
-        any(_matches(layer, t) for t in resolution.target_modules) for layer in layer_names) + sum(
-        any(_matches(name, t) for t in resolution.target_parameters) for name in expert_names)
+        any(matches(layer, t) for t in resolution.target_modules) for layer in layer_names) + sum(
+        any(matches(name, t) for t in resolution.target_parameters) for name in expert_names)
     return resolution
