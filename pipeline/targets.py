@@ -146,7 +146,7 @@ def validate_against_model(resolution: Resolution, model: Any) -> Resolution:
     distinct = sorted({n.rsplit(".", 1)[-1] for n in layer_names})
     for target in resolution.target_modules:
         if not any(matches(layer, target) for layer in layer_names):
-            close = difflib.get_closematches(target.rsplit(".", 1)[-1], distinct, n=1, cutoff=0.4)
+            close = difflib.get_close_matches(target.rsplit(".", 1)[-1], distinct, n=1, cutoff=0.4)
             hint = f"closest: '{close[0]}'. " if close else ""
             raise ConfigError("lora.target_modules", f"'{target}' matches no linear layer of this model "
                               f"(its linear layers: {', '.join(distinct)})", f"{hint}Use one of those names")
