@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup quickstart test lint clean assets
+.PHONY: help setup quickstart test lint clean assets gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ quickstart: setup ## fine-tune the tiny offline model on CPU and print the summa
 
 test: setup ## run the whole test suite (configs, units, end to end)
 	$(PY) -m pytest -q
+
+gpu-check: setup ## on a CUDA machine: quickstart, then a random-weight 1B model per preset (docs/gpu.md)
+	$(PY) benchmarks/gpu_check.py
 
 lint: setup ## ruff
 	$(PY) -m ruff check pipeline tests tools benchmarks

@@ -247,10 +247,15 @@ def validate(cfg: DictConfig) -> None:
     _validate_combinations(cfg)
 
 
+UNSLOTH_MODULES_TO_SAVE = ("lm_head", "embed_tokens")  # FastLanguageModel.get_peft_model's allow-list (+ norms)
+
+
 def _validate_combinations(cfg: DictConfig) -> None:
-    if cfg.backend == "unsloth" and cfg.lora.init_weights in ("pissa", "olora"):
-        raise ConfigError("lora.init_weights", f"'{cfg.lora.init_weights}' is not supported by Unsloth",
-                          "use backend=hf, or init_weights true|gaussian|loftq|corda")
+    if cfg.backend == "unsloth":
+        for module in cfg.lora.modules_to_save or []:
+            if module.rsplit(".", 1)[-1] not in UNSLOTH_MODULES_TO_SAVE and "norm" not in module:
+                raise ConfigError("lora.modules_to_save", f"'{module}' cannot be trained in full by Unsloth "
+                                  "(only lm_head, embed_tokens and norm layers)", "use backend=hf to train it in full")
     if cfg.data.max_length is not None and cfg.data.max_length > cfg.model.max_seq_length:
         raise ConfigError("data.max_length", f"{cfg.data.max_length} is above model.max_seq_length "
                           f"({cfg.model.max_seq_length})", "lower data.max_length or raise model.max_seq_length")

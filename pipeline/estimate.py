@@ -117,8 +117,10 @@ class Estimate:
                 "notes": self.notes}
 
 
-def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int, double_quant: bool) -> float:
-    """Frozen base weights as stored: quantized linear layers (lm_head stays 16-bit, as in bitsandbytes/Unsloth)."""
+def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int, double_quant: bool,
+                      other_bytes: int = 2) -> float:
+    """Frozen base weights as stored: quantized linear layers, and the rest (embeddings, lm_head, norms) at
+    `other_bytes` each (16-bit; fp32 after PEFT's k-bit preparation on the hf backend)."""
     quantized = {n: s for n, s in shapes.items() if not n.endswith("lm_head")} if bits in (4, 8) else {}
     quantized_params = sum(a * b for a, b in quantized.values())
     other_params = sum(p.numel() for p in model.parameters()) - quantized_params
@@ -127,7 +129,7 @@ def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int,
     else:
         per_weight = 1.0
     scales = sum(b for _, b in quantized.values()) * 4 if bits == 8 else 0  # one fp32 scale per output row
-    return quantized_params * per_weight + scales + other_params * 2
+    return quantized_params * per_weight + scales + other_params * other_bytes
 
 
 def activation_bytes(config: Any, run: Any, target_modules: list[str]) -> float:
@@ -189,11 +191,15 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
                          if name == extra or name.endswith(f".{extra}") for p in module.parameters())
     base_params = sum(p.numel() for p in model.parameters())
     quantized = run.quantization.bits in (4, 8)
-    adapter_bytes = 2 if quantized else 4  # TRL keeps QLoRA adapters in bf16; PEFT upcasts 16-bit LoRA to fp32
+    # adapters train in fp32 on both backends (PEFT's dtype; TRL's bf16 cast is undone on hf, removed by Unsloth)
+    adapter_bytes = 4
+    # PEFT's prepare_model_for_kbit_training (hf backend) casts every weight it does not quantize to fp32
+    other_bytes = 4 if quantized and run.backend == "hf" else 2
     t = run.trainer
     optim = "adamw_8bit" if t.optim == "auto" else t.optim
     parts = {
-        "base_weights": base_weight_bytes(model, shapes, run.quantization.bits, run.quantization.double_quant),
+        "base_weights": base_weight_bytes(model, shapes, run.quantization.bits, run.quantization.double_quant,
+                                          other_bytes),
         "lora_weights": trainable * adapter_bytes,
         "lora_gradients": trainable * adapter_bytes,
         "optimizer_states": trainable * OPTIMIZER_BYTES.get(optim, 8),

@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline import data as data_lib
 from pipeline import estimate, prepare, targets, tracking
-from pipeline.backends import get_backend, loaded_quantization
+from pipeline.backends import check_options, describe_loaded, get_backend, loaded_quantization
 from pipeline.chat_templates import apply_named_chat_template
 from pipeline.config import TrainConfig, architecture_applies, to_plain_dict
 from pipeline.errors import ConfigError, first_line
@@ -71,7 +71,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     from pipeline import reporting, training
 
     started = time.time()
-    precision = resolve_precision(run.model.dtype)
+    precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
+    check_options(run, precision.device)
     preset = ctx.get("preset", "custom")
 
     # --- setup -----------------------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     with model_load_errors(run.model.name):
         model, tokenizer = backend.load(run, precision)
     tokenizer = apply_named_chat_template(tokenizer, run.model.chat_template, run.backend)
+    padding_side = tokenizer.padding_side  # Unsloth's GPU trainer sets it to "left" for inference
+    loaded = describe_loaded(model)
     targets.validate_against_model(resolution, model)  # and the loaded model agrees
     model = backend.apply_lora(model, run, resolution)
     trainable, total = count_parameters(model)
@@ -110,22 +113,25 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
                            f"{run.trainer.gradient_accumulation_steps} accumulation",
         "run directory": str(run_dir),
     })
-    for note in resolution.notes:
+    notes = [*precision.notes, *resolution.notes, *loaded_from_notes(run, loaded)]
+    for note in notes:
         log.info("note: %s", note)
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         for blocker in backend.fast_path_blockers(run, roles):
-            log.info("note: Unsloth's fused LoRA fast path is off on GPU: %s", blocker)
+            notes.append(f"Unsloth's fused LoRA fast path is off on GPU: {blocker}")
+            log.info("note: %s", notes[-1])
 
     summary: dict[str, Any] = {
         "status": "failed", "model": run.model.name, "model_type": model.config.model_type,
         "backend": run.backend, "quantization": loaded_quantization(model), "precision": precision.name,
-        "device": precision.device, "trainable_params": trainable, "total_params": total,
+        "autocast": precision.autocast, "device": precision.device, "loaded": loaded,
+        "trainable_params": trainable, "total_params": total,
         "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
         "effective_batch_size": effective_batch, "train_samples": len(datasets.train),
         "eval_samples": len(datasets.eval) if datasets.eval else 0, "data_format": built.format,
         "data_stats": prepared.stats_dict(),
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir), "notes": notes,
     }
     config_dict = to_plain_dict(run)
     reporting.write_resolved_config(run_dir, config_dict)
@@ -134,15 +140,24 @@ def finetune(run: TrainConfig, run_dir: Path, ctx: dict[str, Any]) -> FinetuneRe
     # --- train / save: the report below is written whatever happens, so a failed sweep job explains itself ----
     try:
         wandb_run = tracking.start(run, config_dict, run_dir, ctx)
-        sft_config = training.build_sft_config(run, precision, run_dir / "checkpoints", datasets,
-                                               ["wandb"] if wandb_run is not None else ["none"],
-                                               tracking.run_name(run, ctx))
-        trainer = training.build_trainer(model, tokenizer, datasets, sft_config, [metrics], precision)
+        asked = training.sft_config_kwargs(run, precision, run_dir / "checkpoints", datasets,
+                                           ["wandb"] if wandb_run is not None else ["none"],
+                                           tracking.run_name(run, ctx))
+        reference = training.reference_settings(asked)
+        sft_config = training.build_sft_config(asked)
+        trainer = training.build_trainer(model, tokenizer, datasets, sft_config, [metrics], precision, run.backend)
+        for note in training.changed_by_backend(reference, trainer):
+            notes.append(note)
+            log.info("note: %s", note)
+        summary["autocast"] = training.autocast_in_effect(trainer)  # what runs, whatever the backend changed
+        summary["adapter_dtype"] = training.trainable_dtypes(trainer.model)
+        summary["trainer_settings"] = training.settings_in_effect(trainer)
         with stop_on_sigterm():
             output = trainer.train()
         summary["train_loss"] = output.training_loss
         if datasets.eval is not None:
             summary["eval_loss"] = final_eval_loss(trainer, metrics.rows)
+        tokenizer.padding_side = padding_side  # the tokenizer is saved as it was loaded, whatever the trainer set
         trainer.model.save_pretrained(run_dir / "adapter")
         tokenizer.save_pretrained(run_dir / "adapter")
         summary["status"] = "completed"
@@ -226,6 +241,16 @@ def _tokens_per_second(rows: list[dict], runtime: float) -> float | None:
     """TRL logs a running `num_tokens`; its last value over the wall time."""
     tokens = [r["num_tokens"] for r in rows if "num_tokens" in r]
     return round(tokens[-1] / runtime, 1) if tokens and runtime > 0 else None
+
+
+def loaded_from_notes(run: TrainConfig, loaded: dict) -> list[str]:
+    """A line when the weights came from another repo than model.name (Unsloth's pre-quantized copies)."""
+    repo = loaded.get("repo")
+    if not repo or repo == run.model.name or Path(repo).resolve() == Path(run.model.name).resolve():
+        return []
+    return [f"model.name={run.model.name} was loaded from {repo} (Unsloth's pre-quantized copy: its own "
+            "quantization applies, some layers may stay 16-bit); set model.revision or quantization.* to load "
+            "the repo itself"]
 
 
 def _asked_quantization(run: TrainConfig) -> str:

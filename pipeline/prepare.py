@@ -3,7 +3,8 @@
 TRL's `SFTTrainer._prepare_dataset` turns text / messages / prompt-completion rows into `input_ids` + `labels`
 (chat template, EOS, assistant or completion masks). We run it with the tokenizer alone, before any model weight
 loads, so a template that masks every token or an over-long sample fails fast, `preprocess` shows exactly what
-training will see, and SFTTrainer later receives the tokenized rows and skips its own preparation.
+training will see, and SFTTrainer later receives the tokenized rows and skips its own preparation. It is TRL's
+own code on every machine, also where Unsloth's GPU path replaced `trl.SFTTrainer` (see `pipeline.compat`).
 """
 
 from __future__ import annotations
@@ -55,16 +56,18 @@ class Prepared:
 def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: str) -> Any:
     """input_ids + labels exactly as SFTTrainer would build them (no truncation: our policy does that)."""
     from jinja2 import TemplateError
-    from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
+    from pipeline.compat import trl_prepare_dataset, trl_sft_config
+
+    # TRL's own classes even where Unsloth's GPU path replaced trl.SFTTrainer / trl.SFTConfig
+    args = trl_sft_config()(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
                      assistant_only_loss=datasets.assistant_only_loss,
                      completion_only_loss=datasets.completion_only_loss, bf16=False, fp16=False, report_to="none")
     # _prepare_dataset reads only these three attributes of the trainer
     trainer_view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None,
                                    completion_only_loss=datasets.completion_only_loss)
     try:
-        return SFTTrainer._prepare_dataset(trainer_view, dataset, tokenizer, args, False, None, name)
+        return trl_prepare_dataset()(trainer_view, dataset, tokenizer, args, False, None, name)
     except TemplateError as error:
         raise ConfigError("model.chat_template", f"the chat template cannot render a {name} sample: "
                           f"{first_line(error)}", "use a template that fits the data's roles") from error
@@ -132,6 +135,13 @@ def _source_fingerprint(source: Any) -> list:
     return items
 
 
+def preparer_name() -> str:
+    """Which code tokenized and masked the data (part of the cache key, so another preparer never hits)."""
+    from importlib import metadata
+
+    return f"trl {metadata.version('trl')} SFTTrainer._prepare_dataset, from TRL's own file"
+
+
 def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     from omegaconf import OmegaConf
 
@@ -139,7 +149,7 @@ def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
            "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
-           "seed": run.seed, "version": 2}
+           "seed": run.seed, "preparer": preparer_name(), "version": 3}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from pipeline.compat import undo_trl_adapter_cast
 from pipeline.data import Datasets
 from pipeline.precision import Precision
 
@@ -22,12 +24,16 @@ def eval_strategy(trainer: Any, has_eval: bool) -> str:
     return "steps" if trainer.eval_steps else "epoch"
 
 
-def build_sft_config(run: Any, precision: Precision, checkpoints_dir: Path, datasets: Datasets,
-                     report_to: list[str], run_name: str) -> Any:
-    from trl import SFTConfig
+def build_sft_config(kwargs: dict[str, Any]) -> Any:
+    from trl import SFTConfig  # Unsloth's replacement on a GPU, which may change what it is given
 
+    return SFTConfig(**kwargs)
+
+
+def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, datasets: Datasets,
+                      report_to: list[str], run_name: str) -> dict[str, Any]:
     t = run.trainer
-    return SFTConfig(
+    return dict(
         output_dir=str(checkpoints_dir),
         run_name=run_name,
         learning_rate=t.learning_rate,
@@ -60,28 +66,67 @@ def build_sft_config(run: Any, precision: Precision, checkpoints_dir: Path, data
         assistant_only_loss=datasets.assistant_only_loss,
         completion_only_loss=datasets.completion_only_loss,
         dataset_num_proc=None,
+        # the data is already tokenized, masked and length-checked by TRL's own code (pipeline.prepare): neither
+        # TRL nor Unsloth's GPU replacement prepares it again (packing still goes through the trainer's own path)
+        dataset_kwargs={"skip_prepare_dataset": not run.data.packing},
     )
 
 
 def build_trainer(model: Any, tokenizer: Any, datasets: Datasets, sft_config: Any, callbacks: list,
-                  precision: Precision) -> Any:
+                  precision: Precision, backend: str) -> Any:
     from trl import SFTTrainer
 
     trainer = SFTTrainer(model=model, processing_class=tokenizer, args=sft_config, train_dataset=datasets.train,
                          eval_dataset=datasets.eval, callbacks=callbacks)
-    keep_adapter_dtype(trainer.model, precision)
+    dtype = adapter_dtype(backend, precision)
+    if dtype is not None:
+        undo_trl_adapter_cast(trainer.model, dtype)
     return trainer
 
 
-def keep_adapter_dtype(model: Any, precision: Precision) -> None:
-    """Undo TRL's bf16 cast of QLoRA adapters when training without mixed precision (e.g. fp32 on CPU).
+def adapter_dtype(backend: str, precision: Precision) -> Any:
+    """The dtype trainable weights must have; None leaves them as the backend set them up.
 
-    TRL casts trainable weights of quantized models to bf16 (the QLoRA recipe under bf16 autocast). Without
-    autocast the optimizer would then update bf16 weights directly, rounding small updates away, and the saved
-    adapter would compute differently from the one reloaded by PEFT (which upcasts to fp32).
+    TRL casts the adapters of a quantized model to bf16. On the hf backend they go back to fp32 whatever the
+    autocast: the optimizer keeps fp32 master weights (PEFT's own default), fp16 AMP's GradScaler needs fp32
+    parameters, and a reloaded adapter (PEFT upcasts it) computes like the trained one. Unsloth's GPU trainer
+    removes TRL's cast and follows its own recipe; its CPU backend does not, and trains without autocast there.
     """
-    if precision.bf16 or precision.fp16:
-        return
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != precision.dtype:
-            param.data = param.data.to(precision.dtype)
+    import torch
+
+    if backend == "hf":
+        return torch.float32
+    if precision.autocast == "none":
+        return precision.dtype
+    return None
+
+
+def trainable_dtypes(model: Any) -> list[str]:
+    """The dtypes of the trainable weights as they are (recorded in summary.json)."""
+    return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
+
+
+BACKEND_CHOSEN = ("padding_free", "loss_type", "dataset_num_proc", "max_length", "packing")
+
+
+def settings_in_effect(trainer: Any) -> dict:
+    """Settings a backend's trainer may choose itself (Unsloth's GPU trainer: padding-free, nll loss, workers)."""
+    return {key: getattr(trainer.args, key, None) for key in BACKEND_CHOSEN}
+
+
+def reference_settings(asked: dict[str, Any]) -> dict[str, Any]:
+    """What TRL's own SFTConfig makes of our arguments (build it before the trainer: it resets accelerate's state)."""
+    from pipeline.compat import trl_sft_config
+
+    return settings_in_effect(SimpleNamespace(args=trl_sft_config()(**asked)))
+
+
+def changed_by_backend(reference: dict[str, Any], trainer: Any) -> list[str]:
+    """One line per setting the trainer runs with other than TRL's own config would (Unsloth's GPU trainer)."""
+    return [f"the trainer runs {key}={value} (TRL's own config: {reference[key]})"
+            for key, value in settings_in_effect(trainer).items() if value != reference[key]]
+
+
+def autocast_in_effect(trainer: Any) -> str:
+    """The mixed precision the trainer will really run (a backend's trainer may change what we asked)."""
+    return "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "none"

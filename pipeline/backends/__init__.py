@@ -50,3 +50,49 @@ def lora_kwargs(lora: Any, resolution: Any) -> dict:
     if resolution.target_parameters:  # MoE experts fused into 3-D weights
         kwargs["target_parameters"] = list(resolution.target_parameters)
     return kwargs
+
+
+# Unsloth's GPU path refuses these LoRA initialisations on a quantized base (they need 16-bit weights), and its
+# CPU backend refuses pissa and olora outright; CorDA needs a preprocessing pass Unsloth only runs when asked to.
+UNSLOTH_INIT_REFUSED = {
+    ("cuda", True): {"pissa", "corda", "loftq"},
+    ("cuda", False): {"corda"},
+    ("cpu", True): {"pissa", "olora", "corda"},
+    ("cpu", False): {"pissa", "olora", "corda"},
+}
+
+
+def check_options(run: Any, device: str) -> None:
+    """Refuse, before any weight loads, LoRA options the backend rejects on this kind of device."""
+    from pipeline.errors import ConfigError
+
+    init = run.lora.init_weights
+    quantized = run.quantization.bits in (4, 8)
+    if run.backend == "unsloth" and init in UNSLOTH_INIT_REFUSED[(device, quantized)]:
+        where = "GPU path" if device == "cuda" else "CPU backend"
+        base = "a quantized base" if quantized else "a 16-bit base"
+        fix = ("use quantization=none, or backend=hf" if device == "cuda" and quantized and init != "corda"
+               else "use backend=hf, or init_weights true|gaussian")
+        raise ConfigError("lora.init_weights", f"'{init}' is refused by Unsloth's {where} with {base}", fix)
+    if run.model.name.endswith("bnb-4bit") and (run.quantization.bits != 4 or _non_default_4bit(run.quantization)):
+        raise ConfigError("quantization", f"model.name '{run.model.name}' is already quantized to 4-bit and its "
+                          "own settings apply", "use the 16-bit repo to choose the quantization, or quantization=nf4")
+
+
+def _non_default_4bit(quant: Any) -> bool:
+    from pipeline.config import QuantizationConfig
+
+    default = QuantizationConfig()
+    return any(getattr(quant, k) != getattr(default, k) for k in ("quant_type", "double_quant", "compute_dtype"))
+
+
+def describe_loaded(model: Any) -> dict[str, Any]:
+    """The repo the weights came from and their quantization settings as loaded (a backend may swap either)."""
+    config = getattr(model, "config", None)
+    quant = getattr(config, "quantization_config", None)
+    if quant is not None and not isinstance(quant, dict):
+        quant = quant.to_dict()
+    keys = ("quant_method", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
+            "bnb_4bit_compute_dtype", "llm_int8_skip_modules")
+    return {"repo": getattr(config, "_name_or_path", None),
+            "quantization_config": {k: quant.get(k) for k in keys if k in quant} if quant else None}

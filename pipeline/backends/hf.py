@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.backends import bnb_config, lora_kwargs
+from pipeline.compat import keep_trainable_4bit_layout
 from pipeline.precision import Precision, compute_dtype
 
 
@@ -45,15 +46,3 @@ def apply_lora(model: Any, run: Any, resolution: Any) -> Any:
 
     config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(run.lora, resolution))
     return get_peft_model(model, config)
-
-
-def keep_trainable_4bit_layout(model: Any) -> None:
-    """Stop bitsandbytes' CPU backend from repacking 4-bit weights for its AVX512-BF16 kernel.
-
-    bitsandbytes 0.50 repacks a Linear4bit weight in place on the first no-grad forward (an eval step) or
-    state_dict() call and never unpacks it: backward through it is then wrong and the base drifts from the
-    checkpoint. Unsloth's CPU loader switches this off the same way; GPUs are unaffected.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False

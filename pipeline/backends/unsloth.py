@@ -1,6 +1,7 @@
 """Unsloth backend: FastLanguageModel.from_pretrained (4-bit NF4 by default), then get_peft_model.
 
-On a machine without a GPU, Unsloth 2026.10 runs its CPU backend through the same calls.
+On a machine without a GPU, Unsloth 2026.10 runs its CPU backend through the same calls. On a GPU it maps hub
+names to its pre-quantized repos unless told to load the name as given (see `from_pretrained_kwargs`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,26 @@ from pipeline.backends import bnb_config, lora_kwargs
 from pipeline.precision import Precision, compute_dtype
 
 
-def load(run: Any, precision: Precision) -> tuple[Any, Any]:
-    from unsloth import FastLanguageModel
+def exact_name_reasons(run: Any) -> list[str]:
+    """Why Unsloth must load model.name as named instead of its pre-quantized copy (empty: the copy is fine)."""
+    from pipeline.config import QuantizationConfig
 
+    reasons = []
+    if run.model.revision:
+        reasons.append(f"model.revision={run.model.revision} pins a commit of {run.model.name} itself")
+    default = QuantizationConfig()
+    changed = [f"quantization.{key}={getattr(run.quantization, key)}" for key in
+               ("quant_type", "double_quant", "compute_dtype")
+               if getattr(run.quantization, key) != getattr(default, key)]
+    if run.quantization.bits == 4 and changed:
+        reasons.append(f"{', '.join(changed)} (a pre-quantized copy carries its own settings)")
+    return reasons
+
+
+def from_pretrained_kwargs(run: Any, precision: Precision) -> dict[str, Any]:
+    """The arguments of FastLanguageModel.from_pretrained (tests check them against its GPU-path signature)."""
     quant = run.quantization
-    kwargs: dict[str, Any] = {}
-    if quant.bits == 4:
-        # Carries quant_type / double_quant / compute dtype; Unsloth's CPU loader uses its own NF4 settings.
-        kwargs["quantization_config"] = bnb_config(quant, compute_dtype(quant.compute_dtype, precision))
-    model, tokenizer = FastLanguageModel.from_pretrained(
+    kwargs: dict[str, Any] = dict(
         model_name=run.model.name,
         max_seq_length=run.model.max_seq_length,
         dtype=precision.dtype,
@@ -31,22 +43,32 @@ def load(run: Any, precision: Precision) -> tuple[Any, Any]:
         full_finetuning=False,
         trust_remote_code=run.model.trust_remote_code,
         revision=run.model.revision,
+        # Unsloth drops `revision` and ignores our quantization once it swaps in its pre-quantized repo
+        use_exact_model_name=bool(exact_name_reasons(run)),
         random_state=run.seed,
-        **kwargs,
     )
-    return model, tokenizer
+    if quant.bits == 4:
+        # Carries quant_type / double_quant / compute dtype; Unsloth's CPU loader uses its own NF4 settings.
+        kwargs["quantization_config"] = bnb_config(quant, compute_dtype(quant.compute_dtype, precision))
+    return kwargs
+
+
+def load(run: Any, precision: Precision) -> tuple[Any, Any]:
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.from_pretrained(**from_pretrained_kwargs(run, precision))
+
+
+def get_peft_model_kwargs(run: Any, resolution: Any) -> dict[str, Any]:
+    """The arguments of FastLanguageModel.get_peft_model (tests check them against its GPU-path signature)."""
+    return dict(use_gradient_checkpointing="unsloth" if run.trainer.gradient_checkpointing else False,
+                random_state=run.seed, max_seq_length=run.model.max_seq_length, **lora_kwargs(run.lora, resolution))
 
 
 def apply_lora(model: Any, run: Any, resolution: Any) -> Any:
     from unsloth import FastLanguageModel
 
-    return FastLanguageModel.get_peft_model(
-        model,
-        use_gradient_checkpointing="unsloth" if run.trainer.gradient_checkpointing else False,
-        random_state=run.seed,
-        max_seq_length=run.model.max_seq_length,
-        **lora_kwargs(run.lora, resolution),
-    )
+    return FastLanguageModel.get_peft_model(model, **get_peft_model_kwargs(run, resolution))
 
 
 def fast_path_blockers(run: Any, resolved_roles: set[str]) -> list[str]:

@@ -1,0 +1,60 @@
+"""One test per workaround in pipeline/compat.py: each fails loudly when a pinned library changes what it relies on."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+
+def self_attributes(function) -> set[str]:
+    """Attributes a method reads from `self`."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"}
+
+
+def test_trl_prepare_dataset_is_trls_own_and_reads_only_what_our_view_gives() -> None:
+    from trl.trainer import sft_trainer
+
+    from pipeline.compat import trl_prepare_dataset, trl_sft_config
+
+    prepare = trl_prepare_dataset()
+    with open(sft_trainer.__file__) as f:
+        assert inspect.getsource(prepare) in f.read()  # TRL's file, not a class patched in later
+    assert prepare is trl_prepare_dataset()            # executed once
+    # pipeline.prepare calls it on a view of a trainer that has only these three attributes
+    assert self_attributes(prepare) == {"_tokenizer", "chat_template", "completion_only_loss"}
+    assert trl_sft_config().__module__.endswith("_pipeline_pristine_sft_config")
+    assert "max_seq_length" not in {f for f in trl_sft_config().__dataclass_fields__}  # TRL's, not Unsloth's
+
+
+def test_trl_still_casts_quantized_adapters_to_bf16() -> None:
+    """While TRL does this, `undo_trl_adapter_cast` is needed (pipeline.training.adapter_dtype)."""
+    from trl.trainer import sft_trainer
+
+    source = inspect.getsource(sft_trainer.SFTTrainer.__init__)
+    assert "param.data = param.data.to(torch.bfloat16)" in source
+
+
+def test_undo_trl_adapter_cast_restores_trainable_weights_only() -> None:
+    import torch
+
+    from pipeline.compat import undo_trl_adapter_cast
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    model[0].requires_grad_(False)
+    assert undo_trl_adapter_cast(model, torch.float32) == 2  # weight and bias of the trainable layer
+    assert [p.dtype for p in model.parameters()] == [torch.bfloat16] * 2 + [torch.float32] * 2
+
+
+def test_bitsandbytes_still_has_the_cpu_repack_switch() -> None:
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    from pipeline.compat import keep_trainable_4bit_layout
+
+    layer = Linear4bit(64, 64, quant_type="nf4")
+    assert hasattr(layer, "support_avx512bf16_for_cpu")  # the switch keep_trainable_4bit_layout turns off
+    keep_trainable_4bit_layout(torch.nn.Sequential(layer))
+    assert layer.support_avx512bf16_for_cpu is False
