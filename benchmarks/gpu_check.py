@@ -35,7 +35,7 @@ def build_random_1b(folder: Path) -> Path:
     from conftest import compose
     from transformers import AutoModelForCausalLM
 
-    from pipeline.estimate import model_config
+    from pipeline.model.skeleton import model_config
 
     if (folder / "config.json").is_file():
         return folder
@@ -60,12 +60,14 @@ def build_long_texts(path: Path) -> Path:
 def planned_gib(model_dir: Path, preset: str, overrides: list[str]) -> float:
     from conftest import compose
 
-    from pipeline import estimate, targets
     from pipeline.config import to_runconfig
+    from pipeline.model import targets
+    from pipeline.model.skeleton import build_meta_model
+    from pipeline.plan import estimate
 
     run = to_runconfig(compose("model=llama3_2_1b", f"model.name={model_dir}", f"lora/target_modules={preset}",
                                *overrides))
-    model = estimate.build_meta_model(run.model)
+    model = build_meta_model(run.model)
     resolution = targets.resolve(run.lora.target_modules, model.config.model_type)
     return estimate.estimate(model, run, resolution.target_modules).vram_gib
 

@@ -14,8 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import compose  # noqa: E402
 
-from pipeline import estimate, targets  # noqa: E402
 from pipeline.config import to_runconfig  # noqa: E402
+from pipeline.model import targets  # noqa: E402
+from pipeline.model.skeleton import build_meta_model  # noqa: E402
+from pipeline.plan import estimate  # noqa: E402
 
 GB = 1e9 / 2**30  # published "GB" rows are converted to GiB
 LLAMA2_7B = ["model.architecture.intermediate_size=11008", "model.architecture.num_key_value_heads=32",
@@ -70,7 +72,7 @@ def estimate_gib(overrides: list[str]) -> float:
     if CHUNKED not in overrides:
         overrides = [FULL, *overrides]
     run = to_runconfig(compose(*overrides))
-    model = estimate.build_meta_model(run.model)
+    model = build_meta_model(run.model)
     names = targets.resolve(run.lora.target_modules, model.config.model_type).target_modules
     return estimate.estimate(model, run, names).vram_gib
 

@@ -75,7 +75,7 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
 
     not_in = _NOT_IN_STRUCT.search(full)
     if not_in:
-        from pipeline.config import suggest_key
+        from pipeline.config.validate import suggest_key
 
         return ConfigError(key, "unknown key", suggest_key(key.rpartition(".")[0], not_in.group(1)) or "remove it")
 

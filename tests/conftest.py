@@ -11,11 +11,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
+# the environment as the test session found it: importing unsloth in-process (some tests do) sets variables such as
+# HF_HUB_ENABLE_HF_TRANSFER, which must not leak into the CLI runs of later tests
+SESSION_ENV = dict(os.environ)
 
 
 def offline_env(home: Path, **extra: str) -> dict[str, str]:
     """The machine's environment, offline, with no W&B credentials (HOME points at an empty folder)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HF_TOKEN"))}
+    env = {k: v for k, v in SESSION_ENV.items() if not k.startswith(("WANDB_", "HF_TOKEN", "FT_DATA_CACHE"))}
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONUNBUFFERED="1", **extra)
     return env
@@ -25,6 +28,12 @@ def run_cli(module: str, *overrides: str, home: Path, cwd: Path = REPO, timeout:
             **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=offline_env(home, **env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def own_data_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test prepares data into its own cache: no test depends on another's, or on the user's ~/.cache."""
+    monkeypatch.setenv("FT_DATA_CACHE", str(tmp_path / "data-cache"))
 
 
 @pytest.fixture
@@ -49,3 +58,16 @@ def compose(*overrides: str):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def target_presets() -> dict[str, list[str]]:
+    """Every target-module preset as Hydra composes it (what `plan` prices side by side)."""
+    from hydra import initialize_config_dir
+
+    from pipeline.config import register_configs, register_resolvers
+    from pipeline.config.context import target_presets as presets
+
+    register_resolvers()
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return presets()

@@ -17,19 +17,20 @@ def test_reloaded_adapter_reproduces_trained_logits(backend: str, tmp_path: Path
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run = to_runconfig(compose("experiment=quickstart", "logger=none", "trainer.max_steps=8", f"backend={backend}"))
-    from pipeline.finetune import finetune
+    from pipeline.config.context import RunContext
+    from pipeline.train.recipe import run_recipe
 
-    result = finetune(run, tmp_path, {})
+    result = run_recipe(run, RunContext(run_dir=tmp_path, preset="all_linear"))
     assert result.summary["status"] == "completed"
 
     import torch
     from peft import PeftModel
 
-    from pipeline.backends import get_backend
-    from pipeline.precision import resolve_precision
+    from pipeline.model.backends import get_backend
+    from pipeline.train.precision import resolve_precision
 
     # the tiny base, loaded (4-bit NF4) by the same backend, then the saved adapter on top
-    base, _ = get_backend(backend).load(run, resolve_precision(run.model.dtype))
+    base = get_backend(backend).load(run, resolve_precision(run.model.dtype, backend))
     reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     trained = result.model.eval()
 

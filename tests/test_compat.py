@@ -23,17 +23,17 @@ def test_trl_prepare_dataset_is_trls_own_and_reads_only_what_our_view_gives() ->
     with open(sft_trainer.__file__) as f:
         assert inspect.getsource(prepare) in f.read()  # TRL's file, not a class patched in later
     assert prepare is trl_prepare_dataset()            # executed once
-    # pipeline.prepare calls it on a view of a trainer that has only these three attributes
+    # pipeline.data.prepare calls it on a view of a trainer that has only these three attributes
     assert self_attributes(prepare) == {"_tokenizer", "chat_template", "completion_only_loss"}
     assert trl_sft_config().__module__.endswith("_pipeline_pristine_sft_config")
     assert "max_seq_length" not in {f for f in trl_sft_config().__dataclass_fields__}  # TRL's, not Unsloth's
 
 
 def test_trl_still_casts_quantized_adapters_to_bf16() -> None:
-    """While TRL does this, `undo_trl_adapter_cast` is needed (pipeline.training.adapter_dtype)."""
-    from trl.trainer import sft_trainer
+    """While TRL does this, `undo_trl_adapter_cast` is needed (pipeline.train.trainer.adapter_dtype)."""
+    from pipeline.compat import pristine_trl_module
 
-    source = inspect.getsource(sft_trainer.SFTTrainer.__init__)
+    source = inspect.getsource(pristine_trl_module("sft_trainer").SFTTrainer.__init__)  # TRL's, not a patched one
     assert "param.data = param.data.to(torch.bfloat16)" in source
 
 

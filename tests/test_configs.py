@@ -62,8 +62,10 @@ def _field_lines_without_comment(text: str) -> list[str]:
         if skip_indent is not None and indent > skip_indent:
             continue
         skip_indent = None
-        if re.match(r"\s*(defaults|architecture):", line):
-            skip_indent = indent
+        if re.match(r"\s*(defaults|architecture):", line) or re.match(r"\s*[\w.]+: [|>]-?\s*(#|$)", line):
+            skip_indent = indent  # a defaults list, copied numbers, or a block of text
+            if "#" not in line and not re.match(r"\s*(defaults|architecture):", line):
+                missing.append(line)
             continue
         if re.match(r"\s*[\w/@.]+:", line) and "#" not in line and not line.rstrip().endswith(":"):
             missing.append(line)

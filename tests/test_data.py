@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, compose, run_cli
 
-from pipeline import data as data_lib
-from pipeline import prepare
 from pipeline.config import to_runconfig
+from pipeline.data import formats as data_lib
+from pipeline.data import prepare
 from pipeline.errors import ConfigError
 
 DATA = REPO / "assets" / "data"
@@ -220,7 +220,7 @@ def prepared_with_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, temp
 
 
 def test_every_answer_trains_with_trls_patched_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.chat_templates import trl_templates
+    from pipeline.model.chat_templates import trl_templates
 
     qwen = trl_templates()["qwen2_5"].read_text()  # no generation markers: TRL swaps in its training version
     prepared, tok = prepared_with_template(tmp_path, monkeypatch, qwen)

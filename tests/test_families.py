@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import target_presets
 
-from pipeline import estimate, targets
-from pipeline.config import preset_roles
+from pipeline.model import targets
+from pipeline.model.skeleton import build_meta_model
+from pipeline.plan import estimate
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 # transformers config class name -> extra fields; each builds a tiny random model offline
@@ -49,7 +51,7 @@ def peft_trainable(model, resolution: targets.Resolution, r: int) -> int:
 @pytest.mark.parametrize("preset", ["all_linear", "attention", "minimal", "mlp"])
 def test_preset_resolves_and_counts_match_peft(config_name: str, preset: str) -> None:
     model = tiny_model(config_name)
-    roles = preset_roles()[preset]
+    roles = target_presets()[preset]
     resolution = targets.resolve(roles, model.config.model_type, preset)
     targets.validate_against_model(resolution, model)  # raises if a name matches nothing
     assert resolution.adapted_layers >= 2  # at least one module per layer
@@ -62,7 +64,7 @@ def test_preset_resolves_and_counts_match_peft(config_name: str, preset: str) ->
 @pytest.mark.parametrize("config_name", ["MixtralConfig", "Qwen3MoeConfig"])
 def test_moe_experts_go_through_target_parameters(config_name: str) -> None:
     model = tiny_model(config_name)
-    resolution = targets.validate_against_model(targets.resolve(preset_roles()["all_linear"],
+    resolution = targets.validate_against_model(targets.resolve(target_presets()["all_linear"],
                                                                 model.config.model_type), model)
     assert resolution.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # never the router `mlp.gate`
     assert resolution.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
@@ -76,14 +78,14 @@ def test_plan_from_a_local_config_matches_peft(config_name: str, tmp_path) -> No
     from conftest import compose
 
     from pipeline.config import to_runconfig
-    from pipeline.plan import plan
+    from pipeline.plan.table import plan
 
     model = tiny_model(config_name)
     model.config.save_pretrained(tmp_path)
-    result = plan(to_runconfig(compose(f"model.name={tmp_path}", "lora.r=4")), "all_linear")
+    result = plan(to_runconfig(compose(f"model.name={tmp_path}", "lora.r=4")), target_presets(), "all_linear")
     for name, preset in result["presets"].items():
         resolution = targets.validate_against_model(
-            targets.resolve(preset_roles()[name], model.config.model_type, name), tiny_model(config_name))
+            targets.resolve(target_presets()[name], model.config.model_type, name), tiny_model(config_name))
         assert preset["trainable_params"] == peft_trainable(tiny_model(config_name), resolution, r=4), name
 
 
@@ -114,9 +116,9 @@ def test_plan_counts_for_llama_3_1_8b() -> None:
     from conftest import compose
 
     from pipeline.config import to_runconfig
-    from pipeline.plan import plan
+    from pipeline.plan.table import plan
 
-    result = plan(to_runconfig(compose("model=llama3_1_8b", "lora.r=16")), "all_linear")
+    result = plan(to_runconfig(compose("model=llama3_1_8b", "lora.r=16")), target_presets(), "all_linear")
     assert result["presets"]["all_linear"]["trainable_params"] == 41_943_040
     assert result["presets"]["minimal"]["trainable_params"] == 6_815_744
     assert result["presets"]["attention"]["trainable_params"] == 13_631_488
@@ -134,10 +136,10 @@ def test_plan_matches_the_real_tiny_model() -> None:
     from transformers import AutoModelForCausalLM
 
     from pipeline.config import to_runconfig
-    from pipeline.plan import plan
+    from pipeline.plan.table import plan
 
     run = to_runconfig(compose("model=tiny"))
-    result = plan(run, "all_linear")
+    result = plan(run, target_presets(), "all_linear")
     for name, preset in result["presets"].items():
         model = AutoModelForCausalLM.from_pretrained(run.model.name)
         peft_model = get_peft_model(model, LoraConfig(r=run.lora.r, target_modules=preset["target_modules"]))  # dense
@@ -151,7 +153,7 @@ def test_vram_estimate_responds_to_the_settings() -> None:
 
     def vram(*overrides: str) -> float:
         run = to_runconfig(compose("model=llama3_1_8b", *overrides))
-        model = estimate.build_meta_model(run.model)
+        model = build_meta_model(run.model)
         names = targets.resolve(run.lora.target_modules, "llama").target_modules
         return estimate.estimate(model, run, names).vram_gib
 

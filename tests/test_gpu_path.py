@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.precision import Accelerator, resolve_precision
+from pipeline.train.precision import Accelerator, resolve_precision
 
 T4 = Accelerator("cuda", "Tesla T4", (7, 5), native_bf16=False)
 H100 = Accelerator("cuda", "NVIDIA H100 80GB HBM3", (9, 0), native_bf16=True)
@@ -41,7 +41,7 @@ def test_bf16_support_means_native_support(monkeypatch: pytest.MonkeyPatch) -> N
     """torch counts emulated bf16 as supported unless asked not to: a T4 must come out fp16."""
     import torch
 
-    from pipeline.precision import detect_accelerator
+    from pipeline.train.precision import detect_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
@@ -63,13 +63,15 @@ def quantized_hf_model():
     """The tiny model in 4-bit NF4 through the hf backend, with LoRA on all seven projections."""
     from conftest import compose
 
-    from pipeline import targets
-    from pipeline.backends import hf
     from pipeline.config import to_runconfig
+    from pipeline.model import targets
+    from pipeline.model.backends import hf
+    from pipeline.model.loading import load_tokenizer
 
     run = to_runconfig(compose("experiment=quickstart", "backend=hf"))
     cpu = resolve_precision("auto", "hf", Accelerator("cpu", "cpu", None, False))
-    model, tokenizer = hf.load(run, cpu)
+    model = hf.load(run, cpu)
+    tokenizer = load_tokenizer(run)
     model = hf.apply_lora(model, run, targets.resolve(run.lora.target_modules, "llama"))
     return run, model, tokenizer, cpu
 
@@ -79,8 +81,8 @@ def test_hf_adapters_of_a_quantized_model_train_in_fp32(device: Accelerator, qua
     """TRL casts them to bf16: fp16 AMP's GradScaler cannot unscale bf16 gradients, bf16 updates round away."""
     import torch
 
-    from pipeline import data as data_lib
-    from pipeline import training
+    from pipeline.data import formats as data_lib
+    from pipeline.train import trainer as training
 
     run, model, tokenizer, cpu = quantized_hf_model
     precision = resolve_precision("auto", "hf", device)
@@ -96,13 +98,15 @@ def test_plan_prices_what_each_backend_keeps() -> None:
     """PEFT's k-bit preparation (hf) keeps embeddings, lm_head and norms in fp32; Unsloth keeps them 16-bit."""
     from conftest import compose
 
-    from pipeline import estimate, targets
     from pipeline.config import to_runconfig
+    from pipeline.model import targets
+    from pipeline.model.skeleton import build_meta_model
+    from pipeline.plan import estimate
 
     parts = {}
     for backend in ("unsloth", "hf"):
         run = to_runconfig(compose("model=llama3_1_8b", f"backend={backend}"))
-        model = estimate.build_meta_model(run.model)
+        model = build_meta_model(run.model)
         names = targets.resolve(run.lora.target_modules, "llama").target_modules
         parts[backend] = estimate.estimate(model, run, names).vram_parts
     non_quantized = 2 * 128256 * 4096 + 65 * 4096  # embeddings + lm_head + 65 norms of Llama-3.1-8B
@@ -128,9 +132,9 @@ def prepared_rows(fmt: str, cache: Path) -> dict[str, list]:
     from conftest import REPO, compose
     from transformers import AutoTokenizer
 
-    from pipeline import data as data_lib
-    from pipeline import prepare
     from pipeline.config import to_runconfig
+    from pipeline.data import formats as data_lib
+    from pipeline.data import prepare
 
     source = REPO / "assets" / "data" / f"tiny_{fmt}.jsonl"
     run = to_runconfig(compose("experiment=quickstart", f"data.source={source}", "data.format=auto", "data.val_size=0",
@@ -180,7 +184,7 @@ def test_unsloths_gpu_preparation_really_differs(gpu_trainer_classes) -> None:
 
 
 def test_cache_key_names_the_preparer() -> None:
-    from pipeline.prepare import preparer_name
+    from pipeline.data.cache import preparer_name
 
     assert preparer_name().startswith("trl 1.14.2 SFTTrainer._prepare_dataset")
 
@@ -209,9 +213,9 @@ def gpu_signature(relative: str, cls: str, method: str) -> set[str]:
 def test_our_arguments_fit_unsloths_gpu_signatures(overrides: list[str]) -> None:
     from conftest import compose
 
-    from pipeline import targets
-    from pipeline.backends import unsloth as backend
     from pipeline.config import to_runconfig
+    from pipeline.model import targets
+    from pipeline.model.backends import unsloth as backend
 
     run = to_runconfig(compose("experiment=quickstart", *overrides))
     precision = resolve_precision("auto", "unsloth", H100)
@@ -229,8 +233,8 @@ def test_our_arguments_fit_unsloths_gpu_signatures(overrides: list[str]) -> None
 def test_default_settings_let_unsloth_use_its_prequantized_copy() -> None:
     from conftest import compose
 
-    from pipeline.backends import unsloth as backend
     from pipeline.config import to_runconfig
+    from pipeline.model.backends import unsloth as backend
 
     run = to_runconfig(compose("experiment=llama3_1_8b_alpaca"))
     assert backend.exact_name_reasons(run) == []
@@ -257,9 +261,9 @@ def test_init_weights_checked_per_backend_and_device(backend: str, device: str, 
                                                      refused: bool) -> None:
     from conftest import compose
 
-    from pipeline.backends import check_options
     from pipeline.config import to_runconfig
     from pipeline.errors import ConfigError
+    from pipeline.model.backends import check_options
 
     run = to_runconfig(compose("experiment=quickstart", f"backend={backend}", f"quantization={quantization}",
                                f"lora.init_weights={init}"))
@@ -290,9 +294,9 @@ def test_modules_to_save_on_unsloth(modules: list[str], refused: bool) -> None:
 def test_a_prequantized_name_refuses_other_quantization() -> None:
     from conftest import compose
 
-    from pipeline.backends import check_options
     from pipeline.config import to_runconfig
     from pipeline.errors import ConfigError
+    from pipeline.model.backends import check_options
 
     run = to_runconfig(compose("experiment=quickstart", "model.name=unsloth/Meta-Llama-3.1-8B-bnb-4bit",
                                "quantization.quant_type=fp4"))

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import targets, tracking
-from pipeline.config import redact_secrets
+from pipeline.config.resolved import redact_secrets
 from pipeline.errors import ConfigError
+from pipeline.model import targets
+from pipeline.outputs import tracking
 
 ALL = ["q", "k", "v", "o", "gate", "up", "down"]
 
@@ -28,7 +29,7 @@ def test_phi3_minimal_targets_the_fused_qkv_and_says_so() -> None:
 def test_fast_path_sees_fused_and_literal_modules() -> None:
     from types import SimpleNamespace
 
-    from pipeline.backends.unsloth import fast_path_blockers
+    from pipeline.model.backends.unsloth import fast_path_blockers
 
     run = SimpleNamespace(lora=SimpleNamespace(dropout=0.0, bias="none"))
     phi3_minimal = targets.covered_roles(targets.resolve(["q", "v"], "phi3"), "phi3")
@@ -95,35 +96,46 @@ def test_jobs_of_one_sweep_share_a_group() -> None:
     from conftest import compose
 
     from pipeline.config import to_runconfig
+    from pipeline.config.context import RunContext
 
     run = to_runconfig(compose("experiment=quickstart"))
-    ctx = {"multirun": True, "sweep_dir": "outputs/multirun/2026-11-24/05-00-00", "job_num": 1,
-           "choices": {"lora/target_modules": "attention"}, "preset": "attention"}
-    assert tracking.sweep_group(run, ctx) == tracking.sweep_group(run, {**ctx, "job_num": 0}) \
-        == "sweep-2026-11-24-05-00-00"
-    assert tracking.sweep_group(run, {}) is None
-    assert tracking.sweep_group(run, {**ctx, "sweep_dir": "swp"}) == "sweep-swp"  # a one-part sweep dir works
-    assert tracking.run_name(run, ctx) == "quickstart-attention-r16-job1"
+    job1 = RunContext(Path("x"), choices={"lora/target_modules": "attention"}, multirun=True, job_num=1,
+                      sweep_dir="outputs/multirun/2026-11-24/05-00-00", preset="attention")
+    job0 = RunContext(**{**job1.__dict__, "job_num": 0})
+    assert tracking.sweep_group(run, job1) == tracking.sweep_group(run, job0) == "sweep-2026-11-24-05-00-00"
+    assert tracking.sweep_group(run, RunContext(Path("x"))) is None
+    one_part = RunContext(**{**job1.__dict__, "sweep_dir": "swp"})
+    assert tracking.sweep_group(run, one_part) == "sweep-swp"  # a one-part sweep dir works
+    assert tracking.run_name(run, job1) == "quickstart-attention-r16-job1"
 
 
 def test_preset_label_says_custom_for_literal_lists() -> None:
-    from pipeline.config import preset_label
+    from conftest import CONF
+    from hydra import initialize_config_dir
 
-    assert preset_label(["q", "v"], "minimal") == "minimal"
-    assert preset_label(["q_proj"], "all_linear") == "custom"
+    from pipeline.config.context import preset_label
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert preset_label(["q", "v"], "minimal") == "minimal"
+        assert preset_label(["q_proj"], "all_linear") == "custom"
+    assert preset_label(["q", "v"], "minimal") == "custom"  # outside Hydra no preset can be confirmed
 
 
 def test_secrets_are_removed_at_any_depth() -> None:
-    clean = redact_secrets({"a": 1, "hf_token": "x", "logger": {"api_key": "y", "tags": ["t"]}})
+    clean = redact_secrets({"a": 1, "hf_token": "x", "logger": {"api_key": "y", "tags": ["t"]}, "token": "z",
+                            "wandb_api_key": "w", "password": "p"})
     assert clean == {"a": 1, "logger": {"tags": ["t"]}}
+
+
+def test_settings_named_like_tokens_are_kept() -> None:
+    kept = {"pad_token_id": 0, "max_new_tokens": 64, "eos_token": "</s>", "tokenizer": "x", "num_tokens": 3}
+    assert redact_secrets(kept) == kept
 
 
 def test_precision_on_cpu_is_fp32_without_mixed_precision() -> None:
     import torch
 
-    from pipeline.precision import resolve_precision
+    from pipeline.train.precision import Accelerator, resolve_precision
 
-    if torch.cuda.is_available():
-        pytest.skip("CPU-only expectation")
-    p = resolve_precision("auto")
+    p = resolve_precision("auto", "hf", Accelerator("cpu", "cpu", None, False))
     assert (p.device, p.dtype, p.bf16, p.fp16) == ("cpu", torch.float32, False, False)

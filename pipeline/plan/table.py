@@ -1,38 +1,19 @@
-"""`python -m pipeline.plan`: price the configured run, and every target-module preset beside it, without weights.
-
-Same config tree as train. The model is built on the meta device from the preset's architecture numbers (offline),
-so nothing is downloaded and no GPU is needed. Writes plan.json into the run directory.
-"""
+"""The plan: the configured run and every target-module preset beside it, priced on the weightless skeleton."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-
-from pipeline import estimate, targets
-from pipeline.config import (
-    architecture_applies,
-    preset_label,
-    preset_roles,
-    register_configs,
-    register_resolvers,
-    to_runconfig,
-)
-from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
-
-register_resolvers()
-register_configs()
+from pipeline.errors import ConfigError
+from pipeline.model import targets
+from pipeline.model.skeleton import build_meta_model
+from pipeline.plan import estimate
 
 
-def plan(run: Any, choice: str | None, model_choice: str | None = None) -> dict:
-    model = estimate.build_meta_model(run.model, architecture_applies(run, model_choice))
+def plan(run: Any, presets: dict[str, list[str]], selected: str, architecture_applies: bool = True) -> dict:
+    """Counts and VRAM for the configured targets (`selected`: its preset name, or custom) and every preset."""
+    model = build_meta_model(run.model, architecture_applies)
     model_type = model.config.model_type
-    presets = preset_roles()
-    selected = preset_label(run.lora.target_modules, choice)
     choices = dict(presets)
     if selected == "custom":
         choices["custom"] = list(run.lora.target_modules)
@@ -83,39 +64,3 @@ def format_table(result: dict) -> str:
 
 def format_parts(preset: dict) -> str:
     return "  ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in preset["vram_parts"].items())
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        run = to_runconfig(cfg)
-        choices = HydraConfig.get().runtime.choices
-        result = plan(run, choices.get("lora/target_modules"), choices.get("model"))
-    except ConfigError as error:
-        report_and_exit(error)
-    s = result["settings"]
-    selected = result["presets"][result["selected"]]
-    print(f"model {result['model']} ({result['model_type']}), {s['quantization_bits']}-bit base, r={s['r']}, "
-          f"batch {s['batch_size']} x {s['max_seq_length']} tokens, gradient checkpointing "
-          f"{'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}")
-    print(format_table(result))
-    print(f"\n* selected: {result['selected']}, {selected['total_params']:,} parameters in all; "
-          f"VRAM parts (GiB): {format_parts(selected)}")
-    print(f"  with gradient checkpointing {'off' if s['gradient_checkpointing'] else 'on'}: "
-          f"{selected['vram_gib_checkpointing_flipped']:.2f} GiB")
-    for note in selected["notes"]:
-        print(f"note: {note}")
-    (run_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"plan written to {run_dir / 'plan.json'}")
-
-
-def cli() -> None:
-    install_hydra_error_handler()
-    main()
-
-
-if __name__ == "__main__":
-    cli()

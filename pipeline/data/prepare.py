@@ -9,9 +9,6 @@ own code on every machine, also where Unsloth's GPU path replaced `trl.SFTTraine
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass
@@ -19,7 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pipeline.data import Datasets
+from pipeline.data.cache import cache_key, cache_root, load_cached, save_cached
+from pipeline.data.formats import Datasets
 from pipeline.errors import ConfigError, first_line
 
 IGNORE = -100  # label of a token that carries no loss
@@ -114,62 +112,6 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         truncated=len(over) if policy == "truncate" else 0, dropped_untrained=before - len(dataset),
         trained_tokens=sum(sum(label != IGNORE for label in row) for row in dataset["labels"]))
     return dataset.select_columns(["input_ids", "labels"]), stats
-
-
-# --- cache ---------------------------------------------------------------------------------------------------
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FT_DATA_CACHE", Path.home() / ".cache" / "llm-finetune" / "prepared"))
-
-
-def _source_fingerprint(source: Any) -> list:
-    """Local files by path, size and mtime (so an edit invalidates the cache); hub ids by name."""
-    from pipeline.data import _local_files
-
-    items = []
-    for s in source if isinstance(source, list) else [source]:
-        if s is None:
-            continue
-        files = _local_files(str(s)) or []
-        items.append([str(s), [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]])
-    return items
-
-
-def preparer_name() -> str:
-    """Which code tokenized and masked the data (part of the cache key, so another preparer never hits)."""
-    from importlib import metadata
-
-    return f"trl {metadata.version('trl')} SFTTrainer._prepare_dataset, from TRL's own file"
-
-
-def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(OmegaConf.structured(run.data), resolve=True)
-    key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
-           "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
-           "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
-           "seed": run.seed, "preparer": preparer_name(), "version": 3}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def load_cached(folder: Path) -> Prepared | None:
-    from datasets import load_from_disk
-
-    if not (folder / "stats.json").is_file():
-        return None
-    stats = {k: LengthStats(**v) for k, v in json.loads((folder / "stats.json").read_text()).items()}
-    evaluation = load_from_disk(str(folder / "eval")) if (folder / "eval").is_dir() else None
-    return Prepared(load_from_disk(str(folder / "train")), evaluation, stats, folder, from_cache=True)
-
-
-def save_cached(folder: Path, prepared: Prepared) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    prepared.train.save_to_disk(str(tmp / "train"))
-    if prepared.eval is not None:
-        prepared.eval.save_to_disk(str(tmp / "eval"))
-    (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
-    tmp.rename(folder)  # whole or not at all
 
 
 def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:

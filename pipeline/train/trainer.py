@@ -7,8 +7,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from pipeline.compat import undo_trl_adapter_cast
-from pipeline.data import Datasets
-from pipeline.precision import Precision
+from pipeline.data.formats import Datasets
+from pipeline.train.precision import Precision
 
 
 def choose_optimizer(name: str, precision: Precision) -> str:
@@ -66,7 +66,7 @@ def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, dat
         assistant_only_loss=datasets.assistant_only_loss,
         completion_only_loss=datasets.completion_only_loss,
         dataset_num_proc=None,
-        # the data is already tokenized, masked and length-checked by TRL's own code (pipeline.prepare): neither
+        # the data is already tokenized, masked and length-checked by TRL's own code (pipeline.data.prepare): neither
         # TRL nor Unsloth's GPU replacement prepares it again (packing still goes through the trainer's own path)
         dataset_kwargs={"skip_prepare_dataset": not run.data.packing},
     )

@@ -1,8 +1,8 @@
-"""What a run leaves in its directory: config.resolved.yaml, metrics.jsonl, summary.json, loss.png."""
+"""What a run reports: the facts for summary.json, the console lines, and loss.png."""
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import resource
 import subprocess
@@ -10,33 +10,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
+log = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "datasets",
             "hydra-core", "wandb")
-
-
-class MetricsFileCallback(TrainerCallback):
-    """Appends one JSON object per logged step (loss, lr, grad_norm, eval_loss, ...) to metrics.jsonl."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict] = []
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if not logs:
-            return
-        row = {"step": state.global_step, "epoch": state.epoch,
-               **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-        self.rows.append(row)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def write_resolved_config(run_dir: Path, config: dict) -> None:
-    from omegaconf import OmegaConf
-
-    (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
 
 
 def versions() -> dict[str, str]:
@@ -71,10 +47,45 @@ def loss_values(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
 
-def write_summary(run_dir: Path, summary: dict) -> None:
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    tmp.replace(run_dir / "summary.json")  # atomic: never a half-written summary
+def training_facts(state: Any, rows: list[dict], runtime: float, device: str) -> dict:
+    """Losses, steps, speed and memory of the run so far (`state`: the trainer's state, None before training)."""
+    losses = loss_values(rows, "loss")
+    seen = state.num_input_tokens_seen if state is not None else 0
+    tokens = [r["num_tokens"] for r in rows if "num_tokens" in r]  # TRL logs a running count
+    tokens_seen = seen or (tokens[-1] if tokens else 0)
+    return {
+        "initial_loss": losses[0][1] if losses else None,
+        "final_loss": losses[-1][1] if losses else None,
+        "global_step": state.global_step if state is not None else 0,
+        "runtime_s": round(runtime, 2),
+        "tokens_per_second": round(tokens_seen / runtime, 1) if tokens_seen and runtime > 0 else None,
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "versions": versions(),
+        "git_sha": git_sha(),
+    }
+
+
+def print_header(lines: dict[str, Any]) -> None:
+    width = max(map(len, lines))
+    for key, value in lines.items():
+        log.info("%s : %s", key.ljust(width), value)
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_summary(summary: dict, run_dir: Path) -> None:
+    print_header({
+        "status": summary["status"],
+        "loss": f"{_loss(summary.get('initial_loss'))} -> {_loss(summary.get('final_loss'))} "
+                f"(eval {_loss(summary.get('eval_loss'))})",
+        "steps": f"{summary.get('global_step')} in {summary.get('runtime_s')} s "
+                 f"({summary.get('tokens_per_second')} tokens/s)",
+        "peak memory": f"{summary.get('peak_memory_mb') or 0:.0f} MB",
+        "adapter": str(run_dir / "adapter"),
+        "summary": str(run_dir / "summary.json"),
+    })
 
 
 def plot_loss(run_dir: Path, rows: list[dict], title: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.backends import bnb_config, lora_kwargs
 from pipeline.compat import keep_trainable_4bit_layout
-from pipeline.precision import Precision, compute_dtype
+from pipeline.model.backends import bnb_config, lora_kwargs
+from pipeline.train.precision import Precision, compute_dtype
 
 
-def load(run: Any, precision: Precision) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load(run: Any, precision: Precision) -> Any:
+    from transformers import AutoModelForCausalLM
 
     quant = run.quantization
     quantization_config = bnb_config(quant, compute_dtype(quant.compute_dtype, precision))
@@ -24,11 +24,6 @@ def load(run: Any, precision: Precision) -> tuple[Any, Any]:
     )
     if precision.device == "cpu":
         keep_trainable_4bit_layout(model)
-    tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
-                                              trust_remote_code=run.model.trust_remote_code,
-                                              model_max_length=run.model.max_seq_length)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if quantization_config is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -38,7 +33,7 @@ def load(run: Any, precision: Precision) -> tuple[Any, Any]:
     elif run.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    return model, tokenizer
+    return model
 
 
 def apply_lora(model: Any, run: Any, resolution: Any) -> Any:

@@ -1,6 +1,6 @@
 """Model backends: each loads base model + tokenizer under a quantization, and applies LoRA.
 
-Both expose the same two functions, `load(run, precision)` and `apply_lora(model, run, resolution)`,
+Both expose the same two functions, `load(run, precision) -> model` and `apply_lora(model, run, resolution)`,
 so the pipeline never branches on the backend past `get_backend`.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 def get_backend(name: str) -> ModuleType:
     if name == "unsloth":
-        from pipeline.backends import unsloth as backend
+        from pipeline.model.backends import unsloth as backend
     else:
-        from pipeline.backends import hf as backend
+        from pipeline.model.backends import hf as backend
     return backend
 
 
@@ -80,7 +80,7 @@ def check_options(run: Any, device: str) -> None:
 
 
 def _non_default_4bit(quant: Any) -> bool:
-    from pipeline.config import QuantizationConfig
+    from pipeline.config.schema import QuantizationConfig
 
     default = QuantizationConfig()
     return any(getattr(quant, k) != getattr(default, k) for k in ("quant_type", "double_quant", "compute_dtype"))

@@ -10,13 +10,13 @@ from typing import Any
 
 import unsloth  # noqa: F401 - imported first on purpose: it patches transformers, peft and trl
 
-from pipeline.backends import bnb_config, lora_kwargs
-from pipeline.precision import Precision, compute_dtype
+from pipeline.model.backends import bnb_config, lora_kwargs
+from pipeline.train.precision import Precision, compute_dtype
 
 
 def exact_name_reasons(run: Any) -> list[str]:
     """Why Unsloth must load model.name as named instead of its pre-quantized copy (empty: the copy is fine)."""
-    from pipeline.config import QuantizationConfig
+    from pipeline.config.schema import QuantizationConfig
 
     reasons = []
     if run.model.revision:
@@ -53,10 +53,12 @@ def from_pretrained_kwargs(run: Any, precision: Precision) -> dict[str, Any]:
     return kwargs
 
 
-def load(run: Any, precision: Precision) -> tuple[Any, Any]:
+def load(run: Any, precision: Precision) -> Any:
+    """The model alone: the run's one tokenizer is loaded before it (pipeline.model.loading), not Unsloth's copy."""
     from unsloth import FastLanguageModel
 
-    return FastLanguageModel.from_pretrained(**from_pretrained_kwargs(run, precision))
+    model, _ = FastLanguageModel.from_pretrained(**from_pretrained_kwargs(run, precision))
+    return model
 
 
 def get_peft_model_kwargs(run: Any, resolution: Any) -> dict[str, Any]:

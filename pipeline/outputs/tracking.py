@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.context import RunContext
+
 log = logging.getLogger(__name__)
 
 
@@ -42,40 +44,25 @@ def choose_mode(configured: str) -> str:
     return "offline"
 
 
-def hydra_context() -> dict[str, Any]:
-    """Choices, job number and sweep directory of the running Hydra job (empty outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    return {"choices": dict(hc.runtime.choices), "multirun": multirun, "preset": "custom",
-            "job_num": hc.job.num if multirun else None, "sweep_dir": hc.sweep.dir if multirun else None,
-            "overrides": list(hc.overrides.task)}
-
-
-def run_name(run: Any, ctx: dict[str, Any]) -> str:
-    choices = ctx.get("choices", {})
-    base = run.name or choices.get("experiment") or choices.get("model") or "run"
-    parts = [base, ctx.get("preset", "custom"), f"r{run.lora.r}"]
-    if ctx.get("multirun"):
-        parts.append(f"job{ctx['job_num']}")
+def run_name(run: Any, context: RunContext) -> str:
+    base = run.name or context.choices.get("experiment") or context.model_choice or "run"
+    parts = [base, context.preset, f"r{run.lora.r}"]
+    if context.multirun:
+        parts.append(f"job{context.job_num}")
     return "-".join(str(p) for p in parts)
 
 
-def sweep_group(run: Any, ctx: dict[str, Any]) -> str | None:
+def sweep_group(run: Any, context: RunContext) -> str | None:
     """All jobs of one multirun share a group named after the sweep directory."""
     if run.logger.group:
         return run.logger.group
-    if ctx.get("multirun") and ctx.get("sweep_dir"):
-        return "sweep-" + "-".join(Path(ctx["sweep_dir"]).parts[-2:])  # e.g. sweep-2026-11-24-05-00-00
+    if context.multirun and context.sweep_dir:
+        return "sweep-" + "-".join(Path(context.sweep_dir).parts[-2:])  # e.g. sweep-2026-11-24-05-00-00
     return None
 
 
-def start(run: Any, config: dict, run_dir: Path, ctx: dict[str, Any]) -> Any:
-    """Start a W&B run (or nothing for logger=none); returns the run or None."""
+def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: str | None = None) -> Any:
+    """Start a W&B run (or nothing for logger=none); returns the run or None. `run_id` continues that run."""
     if run.logger.kind != "wandb":
         return None
     mode = choose_mode(run.logger.mode)
@@ -84,11 +71,11 @@ def start(run: Any, config: dict, run_dir: Path, ctx: dict[str, Any]) -> Any:
     import wandb
 
     os.environ.setdefault("WANDB_LOG_MODEL", "false")  # adapters stay in the run directory, not W&B artifacts
-    choices = ctx.get("choices", {})
-    tags = [t for t in (choices.get("model"), ctx.get("preset"), choices.get("quantization"), run.backend)
+    tags = [t for t in (context.model_choice, context.preset, context.choices.get("quantization"), run.backend)
             if t] + list(run.logger.tags)
-    kwargs = dict(project=run.logger.project, entity=run.logger.entity, name=run_name(run, ctx),
-                  group=sweep_group(run, ctx), tags=tags, config=config, dir=str(run_dir), reinit="finish_previous")
+    kwargs = dict(project=run.logger.project, entity=run.logger.entity, name=run_name(run, context),
+                  group=sweep_group(run, context), tags=tags, config=config, dir=str(run_dir),
+                  reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
     if mode != "online":
         return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
     try:

@@ -1,0 +1,1 @@
+"""The commands: thin Hydra apps over the same `conf/` tree (compose -> validate -> call -> exit code)."""

@@ -1,0 +1,69 @@
+"""What every command shares: the config directory, the schema registration, and the one-line error handling."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig
+
+from pipeline.config import register_configs, register_resolvers, to_runconfig
+from pipeline.config.context import RunContext, from_hydra
+from pipeline.config.resolvers import REPO
+from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
+
+CONF_DIR = str(REPO / "conf")  # absolute: the commands work from any directory
+HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log"}
+T = TypeVar("T")
+
+register_resolvers()
+register_configs()
+
+
+def remove_if_only_hydra_files(run_dir: Path) -> None:
+    """A config error leaves no run directory behind that could pass for a real run."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
+    """Validate, build the run's context, call `work`; a user mistake becomes one line and exit code 2.
+
+    In a multirun the error is raised instead, so Hydra records that job as failed and runs the others.
+    """
+    try:
+        run = to_runconfig(cfg)  # every value checked before anything heavy is imported or loaded
+        return work(run, from_hydra(run))
+    except ConfigError as error:
+        run_dir = _hydra_output_dir()
+        if run_dir is not None:
+            remove_if_only_hydra_files(run_dir)
+        if _in_multirun():
+            raise
+        report_and_exit(error)  # one line, exit 2, before Hydra adds its own report
+        raise  # not reached: report_and_exit exits
+
+
+def _hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def entry(main: Callable[[], Any]) -> Callable[[], None]:
+    """A console-script entry point around a Hydra main: Hydra's own errors become one line too."""
+
+    def cli() -> None:
+        install_hydra_error_handler()
+        main()
+
+    return cli

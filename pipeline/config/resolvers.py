@@ -1,0 +1,45 @@
+"""OmegaConf resolvers the config tree uses: `${pipeline.repo_path:x}` and `${pipeline.suffix:name}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def repo_path(relative: str) -> str:
+    """Absolute path of a file shipped in this repository, wherever the command runs from."""
+    return str(REPO / relative)
+
+
+def user_groups() -> str:
+    """One line per config group with the options a user can pick (for `--help`; the schema nodes left out)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+
+    def groups(parent: str) -> list[str]:
+        found = []
+        for name in loader.list_groups(parent):
+            group = f"{parent}/{name}" if parent else name
+            if group != "hydra":
+                found += [group, *groups(group)]
+        return found
+
+    lines = []
+    for group in sorted(groups("")):
+        options = [o for o in loader.get_group_options(group) if not o.endswith("_schema")]
+        if options:
+            lines.append(f"  {group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def register_resolvers() -> None:
+    """`${pipeline.repo_path:x}` for shipped assets; `${pipeline.suffix:name}` gives '_name' or ''; the groups for
+    `--help`."""
+    if not OmegaConf.has_resolver("pipeline.repo_path"):
+        OmegaConf.register_new_resolver("pipeline.repo_path", repo_path)
+        OmegaConf.register_new_resolver("pipeline.suffix", lambda name: f"_{name}" if name else "")
+        OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)

@@ -1,0 +1,147 @@
+"""The config schema: one dataclass per group, each field's type, default and allowed values, defined once.
+
+Hydra composes `conf/` on top of these dataclasses (registered in its ConfigStore), so an unknown key or a wrong
+type fails at compose time; `pipeline.config.validate` then checks every field's `choices` and `check` below.
+Each group's default preset (`conf/<group>/`, the option named in `conf/train.yaml`) documents the fields with one
+comment each. This module must not import torch (`--cfg job` stays fast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+DTYPES = ("bfloat16", "float16", "float32")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+              "adafactor", "sgd", "lion_8bit", "paged_lion_8bit")
+
+
+def one_of(default: Any, *allowed: Any) -> Any:
+    """A field whose value must be one of `allowed` (OmegaConf 2.3 has no Literal type)."""
+    assert default in allowed
+    return field(default=default, metadata={"choices": allowed})
+
+
+def checked(default: Any, holds: Callable[[Any], bool], must: str, example: str) -> Any:
+    """A field whose value must satisfy `holds`; `must` says what, `example` is a valid value for the message."""
+    assert default is MISSING or holds(default)
+    return field(default=default, metadata={"check": (holds, must, example)})
+
+
+def at_least(minimum: float, default: Any, example: str, nullable: str = "") -> Any:
+    """`checked` for a lower bound; `nullable` says what null means when null is allowed."""
+    must = f"must be null ({nullable}) or at least {minimum}" if nullable else f"must be at least {minimum}"
+    return checked(default, lambda v: (nullable and v is None) or (v is not None and v >= minimum), must, example)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    max_seq_length: int = at_least(8, 2048, "2048")
+    dtype: str = one_of("auto", "auto", *DTYPES)
+    chat_template: Optional[str] = None
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QuantizationConfig:
+    bits: int = one_of(4, 4, 8, 16)
+    quant_type: str = one_of("nf4", "nf4", "fp4")
+    double_quant: bool = True
+    compute_dtype: str = one_of("auto", "auto", *DTYPES)
+
+
+@dataclass
+class LoraConfig:
+    r: int = at_least(1, 16, "16 (typical: 8 to 64)")
+    alpha: int = at_least(1, 16, "16 (usually r or 2 * r)")
+    dropout: float = checked(0.0, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", "0.0 (keeps Unsloth's fast path)")
+    bias: str = one_of("none", "none", "all", "lora_only")
+    use_rslora: bool = False
+    init_weights: str = one_of("true", "true", "false", "gaussian", "loftq", "corda", "pissa", "olora")
+    target_modules: list[str] = field(default_factory=lambda: list(ROLES), metadata={"check": (
+        lambda v: len(v) > 0, "must name at least one module or role", "[q,k,v,o]")})
+    modules_to_save: Optional[list[str]] = None
+
+
+@dataclass
+class DataConfig:
+    source: Any = MISSING
+    subset: Optional[str] = None
+    split: str = "train"
+    format: str = one_of("auto", "auto", "messages", "alpaca", "sharegpt", "text", "prompt_completion")
+    columns: Any = None  # a mapping; typed Any because OmegaConf cannot merge a dict into an Optional[Dict]
+    loss_on: str = one_of("responses", "responses", "all")
+    val_size: float = checked(0.0, lambda v: v >= 0, "must be 0, a fraction in (0, 1) or a count", "0.1")
+    eval_source: Any = None
+    max_samples: Optional[int] = at_least(1, None, "1000", nullable="all samples")
+    max_length: Optional[int] = at_least(8, None, "2048", nullable="the model's max_seq_length")
+    overlength: str = one_of("drop", "drop", "truncate", "raise")
+    packing: bool = False
+    cache: bool = True
+    preview_samples: int = at_least(0, 3, "3")
+
+
+@dataclass
+class TrainerConfig:
+    learning_rate: float = checked(2e-4, lambda v: 0 < v < 1, "must be in (0, 1)", "2e-4")
+    num_train_epochs: float = checked(1.0, lambda v: v > 0, "must be positive", "1")
+    max_steps: int = checked(-1, lambda v: v == -1 or v >= 1, "must be -1 (use epochs) or at least 1", "100")
+    per_device_train_batch_size: int = at_least(1, 2, "2")
+    per_device_eval_batch_size: int = at_least(1, 2, "2")
+    gradient_accumulation_steps: int = at_least(1, 4, "4")
+    warmup_steps: float = checked(0.03, lambda v: v >= 0, "must be >= 0 (a fraction of all steps when < 1)", "0.03")
+    lr_scheduler_type: str = one_of("linear", *SCHEDULERS)
+    weight_decay: float = checked(0.01, lambda v: v >= 0, "must be >= 0", "0.01")
+    optim: str = one_of("auto", *OPTIMIZERS)
+    max_grad_norm: float = checked(1.0, lambda v: v >= 0, "must be >= 0 (0 turns clipping off)", "1.0")
+    gradient_checkpointing: bool = True
+    logging_steps: int = at_least(1, 1, "10")
+    eval_steps: Optional[int] = at_least(1, None, "50", nullable="once per epoch")
+    save_steps: int = at_least(1, 100, "100")
+    save_total_limit: Optional[int] = at_least(1, 2, "2", nullable="keep all")
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = one_of("wandb", "wandb", "none")
+    project: str = "llm-finetune"
+    entity: Optional[str] = None
+    mode: str = one_of("auto", "auto", "online", "offline", "disabled")
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: Optional[str] = None
+    seed: int = 3407
+    backend: str = one_of("unsloth", "unsloth", "hf")
+    resume: Optional[str] = None
+
+
+GROUPS = {"model": ModelConfig, "quantization": QuantizationConfig, "lora": LoraConfig, "data": DataConfig,
+          "trainer": TrainerConfig, "logger": LoggerConfig}
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore: `train.yaml` extends `schema`, each group file extends its node."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=TrainConfig)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name=f"{group}_schema", node=node)

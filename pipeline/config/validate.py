@@ -1,0 +1,132 @@
+"""Validation at the config boundary: unknown keys, allowed values and ranges (from the schema), combinations.
+
+`to_runconfig` is the one way from Hydra's DictConfig to the typed `TrainConfig` everything past it sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config.schema import TrainConfig
+from pipeline.errors import ConfigError, did_you_mean
+
+
+def _nested_schema(field: dataclasses.Field) -> Any:
+    """The dataclass type a field holds, or None for a plain value."""
+    if field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return None
+    value = field.default_factory()  # type: ignore[misc]
+    return type(value) if dataclasses.is_dataclass(value) else None
+
+
+def field_names(dotted_parent: str) -> list[str]:
+    """The keys the schema allows under a dotted parent, for 'did you mean' hints."""
+    node: Any = TrainConfig
+    for part in filter(None, dotted_parent.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        node = _nested_schema(fields[part]) if part in fields else None
+        if node is None:
+            return []
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def suggest_key(parent: str, name: str) -> str:
+    """A 'did you mean' for an unknown key: a known synonym, a near spelling, or the same name in another group."""
+    here = field_names(parent)
+    prefix = f"{parent}." if parent else ""
+    wanted = KEY_SYNONYMS.get(name, name)
+    if wanted in here:
+        return f"did you mean '{prefix}{wanted}'?"
+    groups = [g for g in field_names("") if field_names(g)]
+    for group in groups:
+        if wanted in field_names(group):
+            return f"did you mean '{group}.{wanted}'?"
+    return did_you_mean(name, here, prefix=prefix)
+
+
+def reject_unknown_keys(cfg: Any, schema: Any = TrainConfig, parent: str = "") -> None:
+    """Keys added with `+key=value` skip Hydra's struct check; refuse any the schema does not know."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in cfg:
+        dotted = f"{parent}.{key}" if parent else str(key)
+        if key not in fields:
+            raise ConfigError(dotted, "unknown key", suggest_key(parent, str(key)) or "remove it")
+        nested = _nested_schema(fields[key])
+        if nested is not None:
+            reject_unknown_keys(cfg[key], nested, dotted)
+
+
+# Names people bring from PEFT, Unsloth, axolotl or transformers -> ours.
+KEY_SYNONYMS = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "rslora": "use_rslora",
+    "lr": "learning_rate", "epochs": "num_train_epochs", "num_epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size", "micro_batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps", "gradient_accumulation": "gradient_accumulation_steps",
+    "warmup_ratio": "warmup_steps", "scheduler": "lr_scheduler_type", "optimizer": "optim",
+    "max_length": "max_seq_length", "sequence_len": "max_seq_length", "model_name": "name", "path": "source",
+    "dataset": "source", "type": "format", "target": "target_modules", "targets": "target_modules",
+}
+
+
+def schema_fields(schema: Any = TrainConfig, parent: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """Every leaf field of the schema with its dotted key."""
+    leaves = []
+    for f in dataclasses.fields(schema):
+        dotted = f"{parent}.{f.name}" if parent else f.name
+        nested = _nested_schema(f)
+        leaves += schema_fields(nested, dotted) if nested is not None else [(dotted, f)]
+    return leaves
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value that type-checks but cannot work."""
+    reject_unknown_keys(cfg)
+    for key, f in schema_fields():
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(key, f"'{value}' is not allowed", did_you_mean(str(value), map(str, choices)))
+        if "check" in f.metadata and not OmegaConf.is_missing(cfg, key):
+            holds, must, example = f.metadata["check"]
+            if not holds(value):
+                raise ConfigError(key, f"{value} is out of range: {must}", f"Use e.g. {key}={example}")
+    for key in ("model.name", "data.source"):
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) in (None, "", []):
+            raise ConfigError(key, "is not set", f"pick a preset ({key.split('.')[0]}=...) or give {key}=...")
+    _validate_combinations(cfg)
+
+
+UNSLOTH_MODULES_TO_SAVE = ("lm_head", "embed_tokens")  # FastLanguageModel.get_peft_model's allow-list (+ norms)
+
+
+def _validate_combinations(cfg: DictConfig) -> None:
+    if cfg.backend == "unsloth":
+        for module in cfg.lora.modules_to_save or []:
+            if module.rsplit(".", 1)[-1] not in UNSLOTH_MODULES_TO_SAVE and "norm" not in module:
+                raise ConfigError("lora.modules_to_save", f"'{module}' cannot be trained in full by Unsloth "
+                                  "(only lm_head, embed_tokens and norm layers)", "use backend=hf to train it in full")
+    if cfg.data.max_length is not None and cfg.data.max_length > cfg.model.max_seq_length:
+        raise ConfigError("data.max_length", f"{cfg.data.max_length} is above model.max_seq_length "
+                          f"({cfg.model.max_seq_length})", "lower data.max_length or raise model.max_seq_length")
+    columns = cfg.data.columns
+    if columns is not None and not (isinstance(columns, DictConfig)
+                                    and all(isinstance(v, str) for v in columns.values())):
+        raise ConfigError("data.columns", f"{columns} is not a mapping of column names",
+                          "write it as data.columns={instruction: question, output: answer} (format name: yours)")
+    if cfg.data.eval_source not in (None, "", []) and cfg.data.val_size:
+        raise ConfigError("data.val_size", f"{cfg.data.val_size} is set together with data.eval_source",
+                          "set data.val_size=0 to evaluate on data.eval_source, or drop data.eval_source")
+    if cfg.data.val_size >= 1 and cfg.data.val_size != int(cfg.data.val_size):
+        raise ConfigError("data.val_size", f"{cfg.data.val_size} is neither a fraction below 1 nor a whole count",
+                          "give a fraction like 0.1 or a count like 50")
+
+
+def to_runconfig(cfg: DictConfig) -> TrainConfig:
+    """Validate and convert the composed config to typed dataclasses (what the rest of the pipeline sees)."""
+    validate(cfg)
+    run = OmegaConf.to_object(cfg)
+    assert isinstance(run, TrainConfig)
+    return run

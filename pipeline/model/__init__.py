@@ -1,0 +1,1 @@
+"""The model: backends (load + LoRA), target-module resolution, the weightless skeleton, chat templates."""

@@ -1,0 +1,39 @@
+"""Loading: the tokenizer once (before any weight, for the data), then the weights through the chosen backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pipeline.errors import ConfigError, first_line
+from pipeline.model.chat_templates import apply_named_chat_template
+
+
+@contextmanager
+def model_load_errors(name: str) -> Iterator[None]:
+    """A missing, gated or unreachable model is the user's to fix: one line naming model.name."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise ConfigError("model.name", f"cannot load '{name}': {first_line(error)}",
+                          "check the hub id or local path, network access and HF_TOKEN for gated models") from error
+
+
+def load_tokenizer(run: Any) -> Any:
+    """The one tokenizer of a run: it tokenizes the data, goes to the trainer and is saved with the adapter."""
+    from transformers import AutoTokenizer
+
+    with model_load_errors(run.model.name):
+        tokenizer = AutoTokenizer.from_pretrained(run.model.name, revision=run.model.revision,
+                                                  trust_remote_code=run.model.trust_remote_code,
+                                                  model_max_length=run.model.max_seq_length)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padded positions never carry loss (labels -100)
+    return apply_named_chat_template(tokenizer, run.model.chat_template, run.backend)
+
+
+def load_model(backend: Any, run: Any, precision: Any) -> Any:
+    """The base model under the configured quantization."""
+    with model_load_errors(run.model.name):
+        return backend.load(run, precision)

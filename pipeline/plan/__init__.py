@@ -1,0 +1,1 @@
+"""Pricing a run without weights: exact LoRA counts on the skeleton, a VRAM estimate by parts, presets side by side."""

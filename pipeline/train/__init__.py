@@ -1,0 +1,1 @@
+"""Training: the recipe in named stages, TRL's trainer, callbacks, resume, precision."""

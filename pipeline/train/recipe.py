@@ -1,0 +1,303 @@
+"""One fine-tuning run, top to bottom: setup_data -> setup_model -> setup_trainer -> train -> save -> report.
+
+Data is tokenized and checked with the run's one tokenizer, and target modules against a weightless skeleton of the
+model, before any weight loads. The run directory is locked while the run uses it; `summary.json` says `running`
+(with the pid) from the start, then `completed`, `failed` or `interrupted`; a run is continued with `resume`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config.context import RunContext
+from pipeline.config.resolved import to_plain_dict
+from pipeline.config.schema import TrainConfig
+from pipeline.data import formats, prepare
+from pipeline.errors import ConfigError, first_line
+from pipeline.model import targets
+from pipeline.model.backends import check_options, describe_loaded, get_backend, loaded_quantization
+from pipeline.model.loading import load_model, load_tokenizer, model_load_errors
+from pipeline.model.skeleton import build_meta_model
+from pipeline.outputs import report, tracking
+from pipeline.outputs.rundir import RunDirectory, write_resolved_config
+from pipeline.train import resume as resume_lib
+from pipeline.train.precision import Precision, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal after saving a checkpoint; the run can be resumed."""
+
+    def __init__(self, exit_code: int, run_dir: Any):
+        super().__init__(f"interrupted: training stopped after a checkpoint; continue it with resume=auto "
+                         f"hydra.run.dir={run_dir}")
+        self.exit_code = exit_code
+
+
+@dataclass
+class Data:
+    tokenizer: Any           # the run's one tokenizer: data, trainer, saved adapter
+    datasets: formats.Datasets
+    prepared: prepare.Prepared
+    source_format: str
+
+
+@dataclass
+class Model:
+    model: Any               # the PEFT model
+    resolution: targets.Resolution
+    loaded: dict             # the repo and quantization the weights really came from
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecipeResult:
+    summary: dict
+    model: Any
+    tokenizer: Any
+
+
+def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
+    """Train one adapter into the run directory (a new one, or the one `resume` continues)."""
+    run_dir, point = open_run_directory(run, context)
+    if point is not None and (run_dir.read_summary() or {}).get("status") == "completed":
+        return nothing_left_to_train(run_dir)
+    backend = get_backend(run.backend)  # first: the Unsloth backend must patch transformers before it loads
+    precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
+    check_options(run, precision.device)
+    started, summary, trainer, wandb_run = time.time(), running_summary(run, run_dir), None, None
+    metrics = None
+    try:
+        data = setup_data(run)
+        built = setup_model(run, context, backend, precision)
+        summary.update(describe_setup(run, context, precision, data, built, run_dir))
+        from pipeline.train.callbacks import GracefulStop, MetricsFile
+
+        metrics = MetricsFile(run_dir.path / "metrics.jsonl", point.step if point else None)
+        graceful = GracefulStop()
+        wandb_run = tracking.start(run, to_plain_dict(run), run_dir.path, context,
+                                   run_id=(run_dir.read_summary() or {}).get("wandb_run_id") if point else None)
+        summary["wandb_run_id"] = getattr(wandb_run, "id", None)
+        run_dir.write_summary(summary)
+        trainer = setup_trainer(run, context, precision, data, built, run_dir, [metrics, graceful], wandb_run, summary)
+        train(trainer, point, summary)
+        if graceful.exit_code is not None:
+            summary["status"] = "interrupted"
+            raise RunInterrupted(graceful.exit_code, run_dir.path)
+        evaluate_at_end(trainer, data, metrics, summary)
+        save(run_dir, trainer, data.tokenizer)
+        summary["status"] = "completed"
+    except ConfigError:
+        if point is None:
+            forget_run(run_dir)  # a mistake found during set-up leaves nothing that looks like a run
+            raise
+        summary.update(status="failed", error="a config error stopped the resumed run")
+        raise
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        raise
+    except Exception as error:
+        summary.update(status="failed", error=first_line(error))
+        raise
+    finally:
+        if run_dir.summary_file.exists() or summary["status"] != "running":
+            report_run(run, context, run_dir, summary, trainer, metrics, started, precision, wandb_run)
+    return RecipeResult(summary, trainer.model, data.tokenizer)
+
+
+# --- the run directory ------------------------------------------------------------------------------------------
+
+def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirectory, Any]:
+    """Lock the run directory; a directory that holds a run is only continued with `resume`, never overwritten."""
+    path = resume_lib.run_directory_of(run.resume, context.run_dir) if run.resume else context.run_dir
+    run_dir = RunDirectory(path)
+    run_dir.lock()
+    previous = run_dir.read_summary()
+    if run.resume is None:
+        if previous is not None:
+            raise ConfigError("hydra.run.dir", f"{path} already holds a {previous.get('status', 'earlier')} run",
+                              "continue it with resume=auto, or give this run another hydra.run.dir or name")
+        write_resolved_config(path, to_plain_dict(run))
+        return run_dir, None
+    saved = path / "config.resolved.yaml"
+    if saved.is_file():
+        from omegaconf import OmegaConf
+
+        resume_lib.check_same_training(OmegaConf.to_container(OmegaConf.load(saved)), to_plain_dict(run))
+    point = resume_lib.find_resume_point(run.resume, run_dir)
+    if (previous or {}).get("status") == "completed":
+        return run_dir, point  # nothing is written: the run is reported as it is
+    write_resolved_config(path, to_plain_dict(run))
+    log.info("resume: %s", f"from {point.checkpoint} (step {point.step})" if point.checkpoint else
+             f"no complete checkpoint in {run_dir.checkpoints}: starting at step 0")
+    return run_dir, point
+
+
+def nothing_left_to_train(run_dir: RunDirectory) -> RecipeResult:
+    summary = run_dir.read_summary()
+    log.info("resume: the run in %s already completed at step %s: nothing left to train", run_dir.path,
+             summary.get("global_step"))
+    return RecipeResult(summary, None, None)
+
+
+def running_summary(run: TrainConfig, run_dir: RunDirectory) -> dict:
+    """What summary.json says from the start: the run is going on, in this process."""
+    summary = {"status": "running", "pid": os.getpid(), "model": run.model.name, "backend": run.backend,
+               "run_dir": str(run_dir.path)}
+    run_dir.write_summary(summary)
+    return summary
+
+
+def forget_run(run_dir: RunDirectory) -> None:
+    for name in ("summary.json", "config.resolved.yaml", "metrics.jsonl", ".lock"):
+        (run_dir.path / name).unlink(missing_ok=True)
+
+
+# --- the stages ---------------------------------------------------------------------------------------------------
+
+def setup_data(run: TrainConfig) -> Data:
+    """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
+    tokenizer = load_tokenizer(run)
+    built = formats.build(run.data, tokenizer, run.seed)
+    prepared = prepare.prepare(built, tokenizer, run)
+    # already tokenized and masked: the trainer keeps the labels and skips its own preparation
+    datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False)
+    return Data(tokenizer, datasets, prepared, built.format)
+
+
+def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: Precision) -> Model:
+    """Targets checked on a weightless skeleton, then the weights loaded, checked again, and LoRA applied."""
+    from transformers import set_seed
+
+    with model_load_errors(run.model.name):
+        skeleton = build_meta_model(run.model, context.architecture_applies)
+    resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, context.preset)
+    targets.validate_against_model(resolution, skeleton)
+    set_seed(run.seed)
+    model = load_model(backend, run, precision)
+    loaded = describe_loaded(model)
+    targets.validate_against_model(resolution, model)  # and the loaded model agrees
+    model = backend.apply_lora(model, run, resolution)
+    resolution.trainable_params = model.get_nb_trainable_parameters()[0]  # PEFT's own count
+    notes = [*precision.notes, *resolution.notes, *loaded_from_notes(run, loaded)]
+    if run.backend == "unsloth":
+        roles = targets.covered_roles(resolution, skeleton.config.model_type)
+        notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
+    return Model(model, resolution, loaded, notes)
+
+
+def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, data: Data, built: Model,
+                  run_dir: RunDirectory, callbacks: list, wandb_run: Any, summary: dict) -> Any:
+    """TRL's SFTConfig and SFTTrainer; records what the trainer really runs (a backend may change it)."""
+    from pipeline.train import trainer as trainer_lib
+
+    asked = trainer_lib.sft_config_kwargs(run, precision, run_dir.checkpoints, data.datasets,
+                                          ["wandb"] if wandb_run is not None else ["none"],
+                                          tracking.run_name(run, context))
+    reference = trainer_lib.reference_settings(asked)
+    trainer = trainer_lib.build_trainer(built.model, data.tokenizer, data.datasets,
+                                        trainer_lib.build_sft_config(asked), callbacks, precision, run.backend)
+    summary.update(autocast=trainer_lib.autocast_in_effect(trainer),
+                   adapter_dtype=trainer_lib.trainable_dtypes(trainer.model),
+                   trainer_settings=trainer_lib.settings_in_effect(trainer))
+    for note in trainer_lib.changed_by_backend(reference, trainer):
+        summary["notes"].append(note)
+        log.info("note: %s", note)
+    return trainer
+
+
+def train(trainer: Any, point: Any, summary: dict) -> None:
+    checkpoint = str(point.checkpoint) if point is not None and point.checkpoint else None
+    summary["resumed_from"] = checkpoint
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def evaluate_at_end(trainer: Any, data: Data, metrics: Any, summary: dict) -> None:
+    """The eval loss at the last step: the trainer's own evaluation when it just ran one, else one more."""
+    if data.datasets.eval is None:
+        return
+    last = [r for r in metrics.rows if "eval_loss" in r]
+    if last and last[-1]["step"] == trainer.state.global_step:
+        summary["eval_loss"] = last[-1]["eval_loss"]
+    else:
+        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+
+
+def save(run_dir: RunDirectory, trainer: Any, tokenizer: Any) -> None:
+    """The final adapter with the run's tokenizer, written whole or not at all."""
+    tokenizer.padding_side = "right"  # Unsloth's GPU trainer leaves it "left" (inference mode)
+    run_dir.save_adapter(trainer.model, tokenizer)
+
+
+def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, summary: dict, trainer: Any,
+               metrics: Any, started: float, precision: Precision, wandb_run: Any) -> None:
+    """summary.json, loss.png, W&B's summary: written whatever happened, so a failed sweep job explains itself."""
+    rows = metrics.rows if metrics is not None else []
+    summary.update(report.training_facts(trainer.state if trainer is not None else None, rows,
+                                         time.time() - started, precision.device))
+    if summary["status"] != "running":
+        summary.pop("pid", None)
+    run_dir.write_summary(summary)
+    if rows:
+        report.plot_loss(run_dir.path, rows, tracking.run_name(run, context))
+    tracking.finish(wandb_run, summary, exit_code=0 if summary["status"] == "completed" else 1)
+    report.print_summary(summary, run_dir.path)
+
+
+# --- what the run prints and records before training ----------------------------------------------------------------
+
+def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, data: Data, built: Model,
+                   run_dir: RunDirectory) -> dict:
+    """Print the header a reader checks before the first step, and return the same facts for summary.json."""
+    model, resolution = built.model, built.resolution
+    trainable, total = model.get_nb_trainable_parameters()
+    t = run.trainer
+    effective_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    evaluation = data.datasets.eval
+    report.print_header({
+        "model": f"{run.model.name} ({model.config.model_type})",
+        "backend": run.backend,
+        "quantization": f"{loaded_quantization(model)} (asked: {asked_quantization(run)}), "
+                        f"{precision.name} compute on {precision.device}",
+        "target modules": f"{resolution.target_modules + resolution.target_parameters} "
+                          f"({resolution.adapted_layers} layers, preset {context.preset})",
+        "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
+        "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
+                f"({data.source_format}{', from cache' if data.prepared.from_cache else ''})",
+        "train tokens": prepare.describe(data.prepared.stats["train"]),
+        "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
+                           f"{t.gradient_accumulation_steps} accumulation",
+        "run directory": str(run_dir.path),
+    })
+    for note in built.notes:
+        log.info("note: %s", note)
+    return {
+        "model_type": model.config.model_type, "quantization": loaded_quantization(model),
+        "precision": precision.name, "autocast": precision.autocast, "device": precision.device,
+        "loaded": built.loaded, "trainable_params": trainable, "total_params": total,
+        "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
+        "effective_batch_size": effective_batch, "train_samples": len(data.datasets.train),
+        "eval_samples": len(evaluation) if evaluation else 0, "data_format": data.source_format,
+        "data_stats": data.prepared.stats_dict(), "notes": list(built.notes),
+    }
+
+
+def loaded_from_notes(run: TrainConfig, loaded: dict) -> list[str]:
+    """A line when the weights came from another repo than model.name (Unsloth's pre-quantized copies)."""
+    from pathlib import Path
+
+    repo = loaded.get("repo")
+    if not repo or repo == run.model.name or Path(repo).resolve() == Path(run.model.name).resolve():
+        return []
+    return [f"model.name={run.model.name} was loaded from {repo} (Unsloth's pre-quantized copy: its own "
+            "quantization applies, some layers may stay 16-bit); set model.revision or quantization.* to load "
+            "the repo itself"]
+
+
+def asked_quantization(run: TrainConfig) -> str:
+    return "none" if run.quantization.bits == 16 else f"{run.quantization.bits}-bit"

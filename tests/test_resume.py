@@ -1,0 +1,153 @@
+"""A run that never loses work: kill and resume exactly, stop gracefully on signals, never overwrite a run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, offline_env, run_cli
+
+from pipeline.outputs.rundir import is_complete_checkpoint
+
+pytestmark = pytest.mark.e2e
+# long enough to be stopped half-way on purpose; no eval split, so every step is training
+LONG = ["experiment=quickstart", "logger=none", "data.val_size=0", "trainer.max_steps=160", "trainer.save_steps=20",
+        "trainer.logging_steps=1", "trainer.save_total_limit=null"]
+
+
+def start(home: Path, *overrides: str) -> subprocess.Popen:
+    """The CLI as a child of Python (a shell's background job would ignore SIGINT)."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline.train", *overrides], cwd=REPO, env=offline_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{step}"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no complete checkpoint-{step} while the run was going (exit {proc.poll()})")
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def adapter_tensors(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("setting", [["backend=unsloth", "quantization=nf4"], ["backend=hf", "quantization=none"]],
+                         ids=["unsloth-nf4", "hf-16bit"])
+def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: Path, home: Path) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = run_cli("pipeline.train", *LONG, *setting, f"hydra.run.dir={whole}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    proc = start(home, *LONG, *setting, f"hydra.run.dir={killed}")
+    wait_for_checkpoint(killed, 60, proc)
+    proc.kill()  # SIGKILL: no handler runs, whatever was being written stays as it was
+    proc.communicate(timeout=60)
+    assert summary_of(killed)["status"] == "running"  # a killed run never looks finished
+
+    result = run_cli("pipeline.train", *LONG, *setting, "resume=auto", f"hydra.run.dir={killed}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(killed)
+    assert summary["status"] == "completed" and summary["global_step"] == 160
+    assert int(summary["resumed_from"].rsplit("-", 1)[-1]) >= 60  # the newest complete checkpoint
+    expected, got = adapter_tensors(whole), adapter_tensors(killed)
+    assert expected.keys() == got.keys()
+    import torch
+
+    assert all(torch.equal(expected[k], got[k]) for k in expected)  # bitwise
+    steps = logged_steps(killed)
+    assert steps == sorted(set(steps)) and steps[-1] == 160  # each step once
+    assert summary["final_loss"] == summary_of(whole)["final_loss"]
+
+
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_a_checkpoint_and_resume_completes(signum: int, exit_code: int, tmp_path: Path,
+                                                                home: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start(home, *LONG, f"hydra.run.dir={run_dir}")
+    wait_for_checkpoint(run_dir, 20, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == exit_code, stderr[-2000:]
+    assert "Traceback" not in stderr and "continue it with resume=auto" in stderr
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and 20 <= summary["global_step"] < 160
+    newest = run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}"
+    assert is_complete_checkpoint(newest)  # the step it stopped at was saved whole
+    assert not (run_dir / "adapter").exists()  # an interrupted run has no final adapter
+
+    result = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 160
+
+
+@pytest.fixture
+def completed_run(tmp_path: Path, home: Path) -> Path:
+    run_dir = tmp_path / "done"
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
+                     f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_resume_refuses_a_changed_lora_shape(completed_run: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4", "lora.r=8",
+                     "resume=auto", f"hydra.run.dir={completed_run}", home=home)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: resume: the config differs from the run's in lora.r (16 -> 8)")
+    assert summary_of(completed_run)["status"] == "completed"  # untouched
+
+
+def test_resuming_a_completed_run_trains_nothing(completed_run: Path, home: Path) -> None:
+    before = (completed_run / "adapter" / "adapter_model.safetensors").read_bytes()
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
+                     "trainer.logging_steps=1", "resume=auto", f"hydra.run.dir={completed_run}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already completed at step 4: nothing left to train" in result.stdout + result.stderr
+    assert summary_of(completed_run)["global_step"] == 4
+    assert (completed_run / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    elsewhere = completed_run.parent / "elsewhere"  # resume=<run dir>: the run is continued where it lives
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
+                     f"resume={completed_run}", f"hydra.run.dir={elsewhere}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nothing left to train" in result.stdout + result.stderr and not elsewhere.exists()
+
+
+def test_a_completed_run_is_never_overwritten(completed_run: Path, home: Path) -> None:
+    before = (completed_run / "summary.json").read_text()
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"hydra.run.dir={completed_run}",
+                     home=home)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: hydra.run.dir: {completed_run} already holds a completed run")
+    assert (completed_run / "summary.json").read_text() == before
+
+
+def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start(home, *LONG, f"hydra.run.dir={run_dir}")
+    try:
+        wait_for_checkpoint(run_dir, 20, proc)
+        summary = summary_of(run_dir)
+        assert summary["status"] == "running" and summary["pid"] == proc.pid
+        second = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
+        assert second.returncode == 2 and f"is in use by a running training (pid {proc.pid})" in second.stderr
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
