@@ -4,6 +4,8 @@
   replaced `trl.SFTTrainer` with a generated class whose preparation differs.
 - TRL 1.14's bf16 cast of the trainable weights of quantized models, undone where it is wrong.
 - bitsandbytes 0.50's in-place repack of 4-bit weights on CPU, switched off.
+- Hydra's `run_and_report`, wrapped so that user mistakes print as one line (Hydra has no hook for it).
+- TRL's shipped chat-template files (`trl/chat_templates/*.jinja`), read without importing TRL.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -76,3 +79,36 @@ def keep_trainable_4bit_layout(model: Any) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def wrap_hydra_error_reporting(handle: Callable[[Exception], None]) -> None:
+    """Let `handle` see every error of a Hydra app before Hydra's own report (it may exit; if it returns, Hydra
+    reports as usual). Hydra formats failures in `hydra._internal.utils.run_and_report` and offers no hook."""
+    from hydra._internal import utils as hydra_utils
+
+    original: Callable[[Any], Any] = getattr(hydra_utils.run_and_report, "__wrapped__", hydra_utils.run_and_report)
+
+    def run_and_report(func: Any) -> Any:
+        try:
+            return func()
+        except Exception as ex:  # noqa: BLE001 - everything `handle` does not take goes back to Hydra
+            handle(ex)
+            failure = ex
+
+            def reraise() -> None:
+                raise failure
+
+            return original(reraise)
+
+    run_and_report.__wrapped__ = original  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
+
+
+def trl_template_files() -> dict[str, Path]:
+    """The chat templates TRL ships, by file stem, found without importing TRL (the hf backend must not import
+    Unsloth, and importing TRL first would defeat Unsloth's patches on the other backend)."""
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(next(iter(spec.submodule_search_locations))) / "chat_templates"
+    return {p.stem: p for p in folder.glob("*.jinja") if not p.stem.endswith("_training")}

@@ -10,8 +10,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 EXIT_USAGE = 2
 
@@ -138,34 +137,18 @@ def report_and_exit(error: ConfigError) -> None:
 
 
 def install_hydra_error_handler() -> None:
-    """Make Hydra print user mistakes as one line with exit code 2 instead of its own multi-line report.
+    """Make Hydra print user mistakes as one line with exit code 2 instead of its own multi-line report; errors we
+    do not recognise keep Hydra's own handling (`HYDRA_FULL_ERROR=1`: always)."""
+    from pipeline.compat import wrap_hydra_error_reporting
 
-    Hydra formats every failure in `hydra._internal.utils.run_and_report` and exits 1; it offers no hook, so
-    we wrap that function. Errors we do not recognise keep Hydra's own handling.
-    """
-    from hydra._internal import utils as hydra_utils
+    def handle(ex: Exception) -> None:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return
+        error = to_config_error(ex) or _translate_hydra(ex)
+        if error is not None:
+            report_and_exit(error)
 
-    original: Callable[[Any], Any] = getattr(hydra_utils.run_and_report, "__wrapped__", hydra_utils.run_and_report)
-
-    def run_and_report(func: Any) -> Any:
-        try:
-            return func()
-        except Exception as ex:  # noqa: BLE001 - we re-dispatch everything we do not own
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            error = to_config_error(ex) or _translate_hydra(ex)
-            if error is not None:
-                report_and_exit(error)
-
-            failure = ex
-
-            def reraise() -> None:
-                raise failure
-
-            return original(reraise)
-
-    run_and_report.__wrapped__ = original  # type: ignore[attr-defined]
-    hydra_utils.run_and_report = run_and_report
+    wrap_hydra_error_reporting(handle)
 
 
 def _translate_hydra(ex: BaseException) -> ConfigError | None:

@@ -58,3 +58,34 @@ def test_bitsandbytes_still_has_the_cpu_repack_switch() -> None:
     assert hasattr(layer, "support_avx512bf16_for_cpu")  # the switch keep_trainable_4bit_layout turns off
     keep_trainable_4bit_layout(torch.nn.Sequential(layer))
     assert layer.support_avx512bf16_for_cpu is False
+
+
+def test_hydra_still_reports_through_run_and_report() -> None:
+    """Our one-line errors hook into this function; if Hydra stops calling it, they would silently vanish."""
+    from hydra._internal import utils as hydra_utils
+
+    assert "run_and_report(" in inspect.getsource(hydra_utils._run_hydra)
+
+
+def test_wrapped_run_and_report_hands_errors_over_first() -> None:
+    import pytest
+    from hydra._internal import utils as hydra_utils
+
+    from pipeline.compat import wrap_hydra_error_reporting
+
+    before, seen = hydra_utils.run_and_report, []
+    try:
+        wrap_hydra_error_reporting(lambda ex: (seen.append(ex), exit(2)))
+        with pytest.raises(SystemExit) as info:
+            hydra_utils.run_and_report(lambda: 1 / 0)
+        assert info.value.code == 2 and isinstance(seen[0], ZeroDivisionError)
+        assert hydra_utils.run_and_report(lambda: 5) == 5
+    finally:
+        hydra_utils.run_and_report = before
+
+
+def test_trl_ships_the_templates_we_name() -> None:
+    from pipeline.compat import trl_template_files
+    from pipeline.model.chat_templates import UNSLOTH_TO_TRL
+
+    assert set(UNSLOTH_TO_TRL.values()) <= set(trl_template_files())

@@ -90,3 +90,27 @@ def test_tiny_preset_matches_the_shipped_model() -> None:
     shipped = json.loads((CONF.parent / "assets/tiny-llama/config.json").read_text())
     arch = to_runconfig(compose("model=tiny")).model.architecture
     assert {k: shipped[k] for k in arch} == dict(arch)
+
+
+DEFAULT_PRESETS = {"lora": "default", "trainer": "default", "quantization": "nf4", "logger": "wandb"}
+
+
+@pytest.mark.parametrize("group,option", DEFAULT_PRESETS.items())
+def test_default_presets_equal_the_schema(group: str, option: str) -> None:
+    """A field's default is defined once: the group's default preset documents it and changes nothing."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config.schema import GROUPS
+
+    composed = OmegaConf.to_container(compose(f"{group}={option}")[group])
+    assert composed == OmegaConf.to_container(OmegaConf.structured(GROUPS[group]))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in DEFAULT_PRESETS for o in group_options(g)
+                                          if o != DEFAULT_PRESETS[g]])
+def test_other_presets_hold_only_their_differences(group: str, option: str) -> None:
+    from omegaconf import OmegaConf
+
+    own = {k: v for k, v in OmegaConf.load(CONF / group / f"{option}.yaml").items() if k != "defaults"}
+    default = compose(f"{group}={DEFAULT_PRESETS[group]}")[group]
+    assert own and all(default[k] != v for k, v in own.items()), own

@@ -220,9 +220,9 @@ def prepared_with_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, temp
 
 
 def test_every_answer_trains_with_trls_patched_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.model.chat_templates import trl_templates
+    from pipeline.compat import trl_template_files
 
-    qwen = trl_templates()["qwen2_5"].read_text()  # no generation markers: TRL swaps in its training version
+    qwen = trl_template_files()["qwen2_5"].read_text()  # no generation markers: TRL swaps in its training version
     prepared, tok = prepared_with_template(tmp_path, monkeypatch, qwen)
     assert len(prepared.train) == 2 and prepared.stats["train"].dropped_without_answer == 1
     trained = [trained_and_context(row, tok)[0] for row in prepared.train]

@@ -16,7 +16,7 @@ from pipeline.outputs.rundir import is_complete_checkpoint
 
 pytestmark = pytest.mark.e2e
 # long enough to be stopped half-way on purpose; no eval split, so every step is training
-LONG = ["experiment=quickstart", "logger=none", "data.val_size=0", "trainer.max_steps=160", "trainer.save_steps=20",
+LONG = ["experiment=quickstart", "logger=none", "data.val_size=0", "trainer.max_steps=100", "trainer.save_steps=10",
         "trainer.logging_steps=1", "trainer.save_total_limit=null"]
 
 
@@ -57,7 +57,7 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
 
     proc = start(home, *LONG, *setting, f"hydra.run.dir={killed}")
-    wait_for_checkpoint(killed, 60, proc)
+    wait_for_checkpoint(killed, 30, proc)
     proc.kill()  # SIGKILL: no handler runs, whatever was being written stays as it was
     proc.communicate(timeout=60)
     assert summary_of(killed)["status"] == "running"  # a killed run never looks finished
@@ -65,42 +65,56 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
     result = run_cli("pipeline.train", *LONG, *setting, "resume=auto", f"hydra.run.dir={killed}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(killed)
-    assert summary["status"] == "completed" and summary["global_step"] == 160
-    assert int(summary["resumed_from"].rsplit("-", 1)[-1]) >= 60  # the newest complete checkpoint
+    assert summary["status"] == "completed" and summary["global_step"] == 100
+    assert int(summary["resumed_from"].rsplit("-", 1)[-1]) >= 30  # the newest complete checkpoint
     expected, got = adapter_tensors(whole), adapter_tensors(killed)
     assert expected.keys() == got.keys()
     import torch
 
     assert all(torch.equal(expected[k], got[k]) for k in expected)  # bitwise
     steps = logged_steps(killed)
-    assert steps == sorted(set(steps)) and steps[-1] == 160  # each step once
+    assert steps == sorted(set(steps)) and steps[-1] == 100  # each step once
     assert summary["final_loss"] == summary_of(whole)["final_loss"]
 
 
-@pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_after_a_checkpoint_and_resume_completes(signum: int, exit_code: int, tmp_path: Path,
-                                                                home: Path) -> None:
-    run_dir = tmp_path / "run"
+def stop_with(signum: int, run_dir: Path, home: Path) -> str:
+    """Start a long run, send `signum` once a checkpoint exists, and return its stderr."""
     proc = start(home, *LONG, f"hydra.run.dir={run_dir}")
-    wait_for_checkpoint(run_dir, 20, proc)
+    wait_for_checkpoint(run_dir, 10, proc)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == exit_code, stderr[-2000:]
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr[-2000:]
     assert "Traceback" not in stderr and "continue it with resume=auto" in stderr
+    return stderr
+
+
+def test_sigint_stops_after_a_checkpoint_and_resume_completes(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    stop_with(signal.SIGINT, run_dir, home)
     summary = summary_of(run_dir)
-    assert summary["status"] == "interrupted" and 20 <= summary["global_step"] < 160
+    assert summary["status"] == "interrupted" and 10 <= summary["global_step"] < 100
     newest = run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}"
     assert is_complete_checkpoint(newest)  # the step it stopped at was saved whole
     assert not (run_dir / "adapter").exists()  # an interrupted run has no final adapter
 
     result = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 160
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 100
 
 
-@pytest.fixture
-def completed_run(tmp_path: Path, home: Path) -> Path:
-    run_dir = tmp_path / "done"
+def test_sigterm_stops_the_same_way_with_exit_143(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    stop_with(signal.SIGTERM, run_dir, home)
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted"
+    assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished run the tests below try to continue or overwrite (none of them changes it)."""
+    home = tmp_path_factory.mktemp("home")
+    run_dir = tmp_path_factory.mktemp("runs") / "done"
     result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
                      f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,9 +155,9 @@ def test_a_completed_run_is_never_overwritten(completed_run: Path, home: Path) -
 
 def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = start(home, *LONG, f"hydra.run.dir={run_dir}")
+    proc = start(home, *LONG, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}")  # still going when checked
     try:
-        wait_for_checkpoint(run_dir, 20, proc)
+        wait_for_checkpoint(run_dir, 10, proc)
         summary = summary_of(run_dir)
         assert summary["status"] == "running" and summary["pid"] == proc.pid
         second = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
@@ -151,3 +165,25 @@ def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: 
     finally:
         proc.kill()
         proc.communicate(timeout=60)
+
+
+def test_killed_after_its_last_checkpoint_trains_nothing_more(completed_run: Path, tmp_path: Path,
+                                                             home: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "killed-at-the-end"
+    shutil.copytree(completed_run, run_dir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.rmtree(run_dir / "adapter")  # as if killed between the last checkpoint and the final save
+    (run_dir / "summary.json").write_text(json.dumps({**summary_of(completed_run), "status": "running"}))
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4", "resume=auto",
+                     f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint-4 is the last step: nothing left to train" in result.stdout + result.stderr
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 4
+    import torch
+
+    saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    final = load_file(completed_run / "adapter" / "adapter_model.safetensors")
+    assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)

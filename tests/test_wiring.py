@@ -29,8 +29,11 @@ def test_trainer_settings_reach_sft_config(tmp_path: Path) -> None:
     run = to_runconfig(compose("experiment=quickstart", "seed=11", "data.max_length=200", "data.packing=true",
                                *(f"trainer.{k}={v}" for k, v in TRAINER.items())))
     datasets = Datasets(train=[], eval=[], format="messages", assistant_only_loss=True, completion_only_loss=False)
-    config = trainer.build_sft_config(trainer.sft_config_kwargs(run, resolve_precision("auto", "hf", CPU), tmp_path,
-                                                                datasets, ["none"], "name"))
+    from pipeline.compat import trl_sft_config
+
+    # TRL's own config class: Unsloth's CPU patch of trl.SFTConfig (imported by other tests) turns packing off
+    config = trl_sft_config()(**trainer.sft_config_kwargs(run, resolve_precision("auto", "hf", CPU), tmp_path,
+                                                          datasets, ["none"], "name"))
     for key, value in TRAINER.items():
         assert getattr(config, key) == value, key
     assert (config.seed, config.data_seed, config.max_length, config.packing) == (11, 11, 200, True)

@@ -6,25 +6,15 @@ looked up among the Jinja templates TRL ships (trl/chat_templates/), under TRL's
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
+from pipeline.compat import trl_template_files
 from pipeline.errors import ConfigError, did_you_mean
 
 # Unsloth's spelling -> TRL's file stem, for the templates both have
 UNSLOTH_TO_TRL = {"llama-3": "llama3", "llama-3.1": "llama3_1", "llama-3.2": "llama3_2", "qwen-2.5": "qwen2_5",
                   "qwen2.5": "qwen2_5", "qwen-3": "qwen3", "qwen3": "qwen3", "phi-3": "phi3", "phi-3.5": "phi3_5",
                   "gemma": "gemma", "gemma-3": "gemma3"}
-
-
-def trl_templates() -> dict[str, Path]:
-    """TRL's shipped chat templates by name (without importing TRL)."""
-    spec = importlib.util.find_spec("trl")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    folder = Path(next(iter(spec.submodule_search_locations))) / "chat_templates"
-    return {p.stem: p for p in folder.glob("*.jinja") if not p.stem.endswith("_training")}
 
 
 def apply_named_chat_template(tokenizer: Any, name: str | None, backend: str) -> Any:
@@ -39,7 +29,7 @@ def apply_named_chat_template(tokenizer: Any, name: str | None, backend: str) ->
                               did_you_mean(name, CHAT_TEMPLATES))
         # map_eos_token=False: keep the model's own end-of-sequence token (Unsloth would rename it).
         return get_chat_template(tokenizer, chat_template=name, map_eos_token=False)
-    shipped = trl_templates()
+    shipped = trl_template_files()
     path = shipped.get(UNSLOTH_TO_TRL.get(name, name))
     if path is None:
         hint = did_you_mean(name, list(shipped) + list(UNSLOTH_TO_TRL))

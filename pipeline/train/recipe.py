@@ -214,7 +214,21 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
 def train(trainer: Any, point: Any, summary: dict) -> None:
     checkpoint = str(point.checkpoint) if point is not None and point.checkpoint else None
     summary["resumed_from"] = checkpoint
+    if checkpoint and 0 < trainer.args.max_steps <= point.step:
+        # killed after its last checkpoint: the trainer would run one step more, so the checkpoint is the result
+        log.info("resume: %s is the last step: nothing left to train", point.checkpoint.name)
+        load_adapter_weights(trainer.model, point.checkpoint)
+        trainer.state.global_step = point.step
+        return
     trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def load_adapter_weights(model: Any, checkpoint: Any) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(checkpoint / "adapter_model.safetensors")
+    set_peft_model_state_dict(model, weights)
 
 
 def evaluate_at_end(trainer: Any, data: Data, metrics: Any, summary: dict) -> None:
