@@ -54,6 +54,25 @@ def trl_sft_config() -> type:
     return pristine_trl_module("sft_config").SFTConfig
 
 
+def trl_tokenize_and_mask(dataset: Any, tokenizer: Any, name: str, *, assistant_only_loss: bool,
+                          completion_only_loss: bool) -> Any:
+    """`input_ids` + `labels` exactly as TRL's SFTTrainer builds them, with the tokenizer alone (no trainer, no
+    model, no truncation). `_prepare_dataset` reads three attributes of its trainer; a view carries just those."""
+    import tempfile
+    from types import SimpleNamespace
+
+    args = trl_sft_config()(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
+                            assistant_only_loss=assistant_only_loss, completion_only_loss=completion_only_loss,
+                            bf16=False, fp16=False, report_to="none")
+    view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only_loss)
+    return trl_prepare_dataset()(view, dataset, tokenizer, args, False, None, name)
+
+
+def loaded_repo(model: Any) -> str | None:
+    """The repo or folder the weights were read from, as transformers records it."""
+    return getattr(getattr(model, "config", None), "_name_or_path", None)
+
+
 def undo_trl_adapter_cast(model: Any, dtype: Any) -> int:
     """Give trainable weights back the dtype `dtype` after TRL 1.14 cast them to bf16; returns how many changed.
 

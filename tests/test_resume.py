@@ -77,9 +77,9 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
     assert summary["final_loss"] == summary_of(whole)["final_loss"]
 
 
-def stop_with(signum: int, run_dir: Path, home: Path) -> str:
+def stop_with(signum: int, run_dir: Path, home: Path, *overrides: str) -> str:
     """Start a long run, send `signum` once a checkpoint exists, and return its stderr."""
-    proc = start(home, *LONG, f"hydra.run.dir={run_dir}")
+    proc = start(home, *LONG, *overrides, f"hydra.run.dir={run_dir}")
     wait_for_checkpoint(run_dir, 10, proc)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
@@ -90,16 +90,19 @@ def stop_with(signum: int, run_dir: Path, home: Path) -> str:
 
 def test_sigint_stops_after_a_checkpoint_and_resume_completes(tmp_path: Path, home: Path) -> None:
     run_dir = tmp_path / "run"
-    stop_with(signal.SIGINT, run_dir, home)
+    stop_with(signal.SIGINT, run_dir, home, "logger=wandb")  # offline: no credentials here
     summary = summary_of(run_dir)
+    wandb_id = summary["wandb_run_id"]
     assert summary["status"] == "interrupted" and 10 <= summary["global_step"] < 100
     newest = run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}"
     assert is_complete_checkpoint(newest)  # the step it stopped at was saved whole
     assert not (run_dir / "adapter").exists()  # an interrupted run has no final adapter
 
-    result = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
+    result = run_cli("pipeline.train", *LONG, "logger=wandb", "resume=auto", f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 100
+    assert summary_of(run_dir)["wandb_run_id"] == wandb_id  # the same W&B run goes on
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{wandb_id}"))) == 2
 
 
 def test_sigterm_stops_the_same_way_with_exit_143(tmp_path: Path, home: Path) -> None:

@@ -10,10 +10,8 @@ own code on every machine, also where Unsloth's GPU path replaced `trl.SFTTraine
 from __future__ import annotations
 
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pipeline.data.cache import cache_key, cache_root, load_cached, save_cached
@@ -55,17 +53,11 @@ def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: st
     """input_ids + labels exactly as SFTTrainer would build them (no truncation: our policy does that)."""
     from jinja2 import TemplateError
 
-    from pipeline.compat import trl_prepare_dataset, trl_sft_config
+    from pipeline.compat import trl_tokenize_and_mask
 
-    # TRL's own classes even where Unsloth's GPU path replaced trl.SFTTrainer / trl.SFTConfig
-    args = trl_sft_config()(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
-                     assistant_only_loss=datasets.assistant_only_loss,
-                     completion_only_loss=datasets.completion_only_loss, bf16=False, fp16=False, report_to="none")
-    # _prepare_dataset reads only these three attributes of the trainer
-    trainer_view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None,
-                                   completion_only_loss=datasets.completion_only_loss)
     try:
-        return trl_prepare_dataset()(trainer_view, dataset, tokenizer, args, False, None, name)
+        return trl_tokenize_and_mask(dataset, tokenizer, name, assistant_only_loss=datasets.assistant_only_loss,
+                                     completion_only_loss=datasets.completion_only_loss)
     except TemplateError as error:
         raise ConfigError("model.chat_template", f"the chat template cannot render a {name} sample: "
                           f"{first_line(error)}", "use a template that fits the data's roles") from error

@@ -65,7 +65,8 @@ class RecipeResult:
 def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
     """Train one adapter into the run directory (a new one, or the one `resume` continues)."""
     run_dir, point = open_run_directory(run, context)
-    if point is not None and (run_dir.read_summary() or {}).get("status") == "completed":
+    previous = run_dir.read_summary() or {}
+    if point is not None and previous.get("status") == "completed":
         return nothing_left_to_train(run_dir)
     backend = get_backend(run.backend)  # first: the Unsloth backend must patch transformers before it loads
     precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
@@ -81,7 +82,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         metrics = MetricsFile(run_dir.path / "metrics.jsonl", point.step if point else None)
         graceful = GracefulStop()
         wandb_run = tracking.start(run, to_plain_dict(run), run_dir.path, context,
-                                   run_id=(run_dir.read_summary() or {}).get("wandb_run_id") if point else None)
+                                   run_id=previous.get("wandb_run_id") if point else None)  # the same W&B run
         summary["wandb_run_id"] = getattr(wandb_run, "id", None)
         run_dir.write_summary(summary)
         trainer = setup_trainer(run, context, precision, data, built, run_dir, [metrics, graceful], wandb_run, summary)

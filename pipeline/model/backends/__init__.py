@@ -94,5 +94,7 @@ def describe_loaded(model: Any) -> dict[str, Any]:
         quant = quant.to_dict()
     keys = ("quant_method", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
             "bnb_4bit_compute_dtype", "llm_int8_skip_modules")
-    return {"repo": getattr(config, "_name_or_path", None),
+    from pipeline.compat import loaded_repo
+
+    return {"repo": loaded_repo(model),
             "quantization_config": {k: quant.get(k) for k in keys if k in quant} if quant else None}
