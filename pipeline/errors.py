@@ -29,6 +29,12 @@ class ConfigError(Exception):
         return f"error: {self.key}: {self.problem}. {fix}".rstrip()
 
 
+class RunFailed(ConfigError):
+    """A run that started and cannot give a sound result (a NaN loss): one line, status failed, exit code 1."""
+
+    exit_code = 1
+
+
 def did_you_mean(word: str, options: Iterable[str], synonyms: dict[str, str] | None = None,
                  prefix: str = "") -> str:
     """"did you mean 'x'?" from a synonym table or spelling, else the list of valid options."""
@@ -133,7 +139,7 @@ def first_line(ex: BaseException) -> str:
 def report_and_exit(error: ConfigError) -> None:
     sys.stderr.write(error.line() + "\n")
     sys.stderr.flush()
-    sys.exit(EXIT_USAGE)
+    sys.exit(getattr(error, "exit_code", EXIT_USAGE))
 
 
 def install_hydra_error_handler() -> None:

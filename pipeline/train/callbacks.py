@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -91,3 +92,22 @@ class GracefulStop(TrainerCallback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+class NumericalGuard(TrainerCallback):
+    """A non-finite loss or gradient norm stops training at once, and nothing from that step on is saved."""
+
+    WATCHED = ("loss", "grad_norm", "eval_loss")
+
+    def __init__(self) -> None:
+        self.diverged: tuple[int, str, float] | None = None  # (step, what, value)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        for key in self.WATCHED:
+            value = (logs or {}).get(key)
+            if self.diverged is None and isinstance(value, float) and not math.isfinite(value):
+                self.diverged = (state.global_step, key, value)
+        if self.diverged is not None:
+            control.should_training_stop = True
+            control.should_save = False  # no checkpoint of a broken model
+            control.should_evaluate = False

@@ -59,8 +59,13 @@ def resolve_precision(model_dtype: str, backend: str = "hf", accelerator: Accele
     accelerator = accelerator or detect_accelerator()
     if accelerator.kind != "cuda":
         name = "float32" if model_dtype == "auto" else model_dtype
+        notes = []
+        if name == "float16":  # no fp16 autocast or loss scaling on CPU: updates underflow and the loss goes NaN
+            name = "float32"
+            notes.append("model.dtype=float16: a CPU has no fp16 mixed precision (training would end in NaN); "
+                         "training in float32 instead")
         # SFTConfig(bf16=True) raises on a CPU without bf16 support, and fp16 AMP does not exist on CPU.
-        return Precision("cpu", getattr(torch, name), bf16=False, fp16=False)
+        return Precision("cpu", getattr(torch, name), bf16=False, fp16=False, notes=tuple(notes))
     best_16bit = "bfloat16" if accelerator.native_bf16 else "float16"
     name, notes = (best_16bit if model_dtype == "auto" else model_dtype), []
     if name == "bfloat16" and not accelerator.native_bf16:

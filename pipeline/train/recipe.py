@@ -17,7 +17,7 @@ from pipeline.config.context import RunContext
 from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
 from pipeline.data import formats, prepare
-from pipeline.errors import ConfigError, first_line
+from pipeline.errors import ConfigError, RunFailed, first_line
 from pipeline.model import targets
 from pipeline.model.backends import check_options, describe_loaded, get_backend, loaded_quantization
 from pipeline.model.loading import load_model, load_tokenizer, model_load_errors
@@ -77,22 +77,27 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         data = setup_data(run)
         built = setup_model(run, context, backend, precision)
         summary.update(describe_setup(run, context, precision, data, built, run_dir))
-        from pipeline.train.callbacks import GracefulStop, MetricsFile
+        from pipeline.train.callbacks import GracefulStop, MetricsFile, NumericalGuard
 
         metrics = MetricsFile(run_dir.path / "metrics.jsonl", point.step if point else None)
-        graceful = GracefulStop()
+        graceful, guard = GracefulStop(), NumericalGuard()
         wandb_run = tracking.start(run, to_plain_dict(run), run_dir.path, context,
                                    run_id=previous.get("wandb_run_id") if point else None)  # the same W&B run
         summary["wandb_run_id"] = getattr(wandb_run, "id", None)
         run_dir.write_summary(summary)
-        trainer = setup_trainer(run, context, precision, data, built, run_dir, [metrics, graceful], wandb_run, summary)
+        trainer = setup_trainer(run, context, precision, data, built, run_dir, [metrics, graceful, guard], wandb_run,
+                                summary)
         train(trainer, point, summary)
+        check_finite(run, trainer, guard)
         if graceful.exit_code is not None:
             summary["status"] = "interrupted"
             raise RunInterrupted(graceful.exit_code, run_dir.path)
         evaluate_at_end(trainer, data, metrics, summary)
         save(run_dir, trainer, data.tokenizer)
         summary["status"] = "completed"
+    except RunFailed as error:
+        summary.update(status="failed", error=error.line())
+        raise
     except ConfigError:
         if point is None:
             forget_run(run_dir)  # a mistake found during set-up leaves nothing that looks like a run
@@ -185,7 +190,9 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     targets.validate_against_model(resolution, model)  # and the loaded model agrees
     model = backend.apply_lora(model, run, resolution)
     resolution.trainable_params = model.get_nb_trainable_parameters()[0]  # PEFT's own count
-    notes = [*precision.notes, *resolution.notes, *loaded_from_notes(run, loaded)]
+    from pipeline.train.trainer import machine_notes
+
+    notes = [*precision.notes, *machine_notes(run, precision), *resolution.notes, *loaded_from_notes(run, loaded)]
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
@@ -230,6 +237,24 @@ def load_adapter_weights(model: Any, checkpoint: Any) -> None:
 
     weights = load_file(checkpoint / "adapter_model.safetensors")
     set_peft_model_state_dict(model, weights)
+
+
+def check_finite(run: TrainConfig, trainer: Any, guard: Any) -> None:
+    """A NaN or infinite loss, gradient or adapter weight fails the run: no adapter is written as its result."""
+    import torch
+
+    where = guard.diverged
+    if where is None:
+        broken = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        where = (trainer.state.global_step, f"adapter weight {broken[0]}", float("nan")) if broken else None
+    if where is None:
+        return
+    step, what, value = where
+    cause = ("16-bit overflow (model.dtype=float16): use model.dtype=auto" if run.model.dtype == "float16" else
+             f"a learning rate too high for this model: lower trainer.learning_rate (now {run.trainer.learning_rate})"
+             " or keep trainer.max_grad_norm > 0")
+    raise RunFailed("training", f"{what} became {value} at step {step}; no adapter was saved",
+                    f"likely cause: {cause}")
 
 
 def evaluate_at_end(trainer: Any, data: Data, metrics: Any, summary: dict) -> None:

@@ -10,12 +10,26 @@ from pipeline.compat import undo_trl_adapter_cast
 from pipeline.data.formats import Datasets
 from pipeline.train.precision import Precision
 
+CUDA_ONLY_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit")
+
 
 def choose_optimizer(name: str, precision: Precision) -> str:
-    """`auto`: bitsandbytes' 8-bit AdamW on GPU (Unsloth's default, saves optimizer memory), torch AdamW on CPU."""
-    if name != "auto":
-        return name
-    return "adamw_8bit" if precision.device == "cuda" else "adamw_torch"
+    """`auto`: bitsandbytes' 8-bit AdamW on GPU (Unsloth's default, saves optimizer memory), torch AdamW on CPU;
+    bitsandbytes' 8-bit and paged optimizers need CUDA, so on CPU torch's AdamW stands in (see `machine_notes`)."""
+    if name == "auto" or (name in CUDA_ONLY_OPTIMIZERS and precision.device != "cuda"):
+        return "adamw_8bit" if precision.device == "cuda" else "adamw_torch"
+    return name
+
+
+def machine_notes(run: Any, precision: Precision) -> list[str]:
+    """Settings this machine cannot run as asked, and what runs instead: one line each, before any weight loads."""
+    notes = []
+    if run.trainer.optim in CUDA_ONLY_OPTIMIZERS and precision.device != "cuda":
+        notes.append(f"trainer.optim={run.trainer.optim}: bitsandbytes' 8-bit and paged optimizers need CUDA; "
+                     "using adamw_torch")
+    if run.backend == "unsloth" and run.quantization.bits == 8 and precision.device != "cuda":
+        notes.append("quantization=int8: Unsloth's CPU backend loads 8-bit as 16-bit weights (backend=hf keeps 8-bit)")
+    return notes
 
 
 def eval_strategy(trainer: Any, has_eval: bool) -> str:
@@ -49,6 +63,7 @@ def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, dat
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
         logging_first_step=True,  # the starting loss is always on record, even for runs shorter than logging_steps
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (the default hides it), so the guard sees it
         eval_strategy=eval_strategy(t, datasets.eval is not None),
         eval_steps=t.eval_steps,
         save_strategy="steps",
