@@ -216,6 +216,11 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
     for note in trainer_lib.changed_by_backend(reference, trainer):
         summary["notes"].append(note)
         log.info("note: %s", note)
+    summary["packing"] = trainer_lib.packing_facts(trainer, len(data.datasets.train))
+    if summary["packing"]:
+        p = summary["packing"]
+        log.info("packing: %d samples -> %d sequences of up to %d tokens, %.0f%% filled", p["samples"],
+                 p["sequences"], p["max_length"], 100 * p["fill_ratio"])
     return trainer
 
 

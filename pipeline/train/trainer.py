@@ -133,15 +133,27 @@ def reference_settings(asked: dict[str, Any]) -> dict[str, Any]:
     """What TRL's own SFTConfig makes of our arguments (build it before the trainer: it resets accelerate's state)."""
     from pipeline.compat import trl_sft_config
 
-    return settings_in_effect(SimpleNamespace(args=trl_sft_config()(**asked)))
+    reference = settings_in_effect(SimpleNamespace(args=trl_sft_config()(**asked)))
+    return {**reference, **{key: asked[key] for key in BACKEND_CHOSEN if key in asked}}  # what we asked for wins
 
 
 def changed_by_backend(reference: dict[str, Any], trainer: Any) -> list[str]:
     """One line per setting the trainer runs with other than TRL's own config would (Unsloth's GPU trainer)."""
-    return [f"the trainer runs {key}={value} (TRL's own config: {reference[key]})"
+    return [f"the trainer runs {key}={value} instead of {reference[key]}"
             for key, value in settings_in_effect(trainer).items() if value != reference[key]]
 
 
 def autocast_in_effect(trainer: Any) -> str:
     """The mixed precision the trainer will really run (a backend's trainer may change what we asked)."""
     return "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "none"
+
+
+def packing_facts(trainer: Any, samples: int) -> dict | None:
+    """How TRL packed the training samples: sequences before and after, and how full the packed ones are."""
+    if not trainer.args.packing:
+        return None
+    packed = trainer.train_dataset
+    tokens = sum(len(ids) for ids in packed["input_ids"])
+    trained = sum(sum(label != -100 for label in labels) for labels in packed["labels"])
+    return {"samples": samples, "sequences": len(packed), "max_length": trainer.args.max_length,
+            "fill_ratio": round(tokens / (len(packed) * trainer.args.max_length), 4), "trained_tokens": trained}
