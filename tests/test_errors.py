@@ -29,6 +29,10 @@ CASES = [
     ("model.name=no-such-org/no-such-model", "error: model.name: cannot load 'no-such-org/no-such-model'"),
     ("data.columns=5", "error: data.columns: 5 is not a mapping of column names"),
     ("data.source=missing/file.jsonl", "error: data.source: file not found: missing/file.jsonl"),
+    ("name=/../../x", "error: name: /../../x is out of range: must be letters, digits"),  # never outside outputs/
+    ("lora.r=33", "error: lora.r: 33 is larger than the narrowest adapted layer (32 wide)"),  # tiny k_proj: 32
+    ("trainer.gradient_accumulation_steps=20", "error: trainer.gradient_accumulation_steps: an effective batch of "
+     "4 x 20 is larger than the 64 training samples"),
 ]
 
 

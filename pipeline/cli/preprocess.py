@@ -38,9 +38,10 @@ def render(input_ids: list[int], labels: list[int], tokenizer: Any, colour: bool
 
 
 def preprocess(run: Any, run_dir: Path, colour: bool) -> dict:
-    from pipeline.data import formats, prepare
+    from pipeline.data import formats, prepare, sources
     from pipeline.model.loading import load_tokenizer
 
+    sources.quiet_progress_bars()
     tokenizer = load_tokenizer(run)
     prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed), tokenizer, run)
     print(f"data: {run.data.source} ({run.data.format}, loss on {run.data.loss_on})"

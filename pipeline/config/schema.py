@@ -8,6 +8,7 @@ comment each. This module must not import torch (`--cfg job` stays fast).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -129,7 +130,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    name: Optional[str] = None
+    name: Optional[str] = checked(None, lambda v: v is None or re.fullmatch(r"[\w.+-]+", v) is not None,
+                                  "must be letters, digits, '_', '-', '.' or '+' (it names the run directory)",
+                                  "my_run")
     seed: int = 3407
     backend: str = one_of("unsloth", "unsloth", "hf")
     resume: Optional[str] = None

@@ -14,6 +14,13 @@ from pipeline.errors import ConfigError, first_line
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def quiet_progress_bars() -> None:
+    """`datasets` progress bars would stand between the user and a one-line error; the header gives the counts."""
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+
 def _local_files(source: str) -> list[str] | None:
     """The data files a local path, directory or glob names; None when `source` is not local."""
     if any(ch in source for ch in "*?["):

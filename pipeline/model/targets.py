@@ -154,3 +154,24 @@ def validate_against_model(resolution: Resolution, model: Any) -> Resolution:
         any(matches(layer, t) for t in resolution.target_modules) for layer in layer_names) + sum(
         any(matches(name, t) for t in resolution.target_parameters) for name in expert_names)
     return resolution
+
+
+def linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    """name -> (in_features, out_features) of every linear-like layer (GPT-2's Conv1D stores them transposed)."""
+    shapes = {}
+    for name in linear_layer_names(model):
+        module = model.get_submodule(name)
+        if type(module).__name__ == "Conv1D":
+            shapes[name] = tuple(module.weight.shape)
+        else:
+            shapes[name] = (module.in_features, module.out_features)
+    return shapes
+
+
+def check_rank_fits(resolution: Resolution, model: Any, r: int) -> None:
+    """A rank above the narrowest adapted layer's width adds parameters and no capacity: refuse it."""
+    widths = [min(shape) for name, shape in linear_shapes(model).items()
+              if any(matches(name, t) for t in resolution.target_modules)]
+    if widths and r > min(widths):
+        raise ConfigError("lora.r", f"{r} is larger than the narrowest adapted layer ({min(widths)} wide)",
+                          f"use lora.r <= {min(widths)}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.model import targets
+from pipeline.model.targets import linear_shapes
 
 GIB = 2**30
 NF4_BLOCK = 64            # bitsandbytes 4-bit block size: one absmax per 64 weights
@@ -19,18 +20,6 @@ DOUBLE_QUANT_BLOCK = 256  # double quant: absmax stored in 8 bits, one fp32 cons
 OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2,
                    "paged_adamw_8bit": 2, "lion_8bit": 1, "paged_lion_8bit": 1, "adafactor": 0.1, "sgd": 0}
 ACTIVATION_BYTES = 2      # activations are bf16 under mixed precision
-
-
-def linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
-    """name -> (in_features, out_features) of every linear-like layer (GPT-2's Conv1D stores them transposed)."""
-    shapes = {}
-    for name in targets.linear_layer_names(model):
-        module = model.get_submodule(name)
-        if type(module).__name__ == "Conv1D":
-            shapes[name] = tuple(module.weight.shape)
-        else:
-            shapes[name] = (module.in_features, module.out_features)
-    return shapes
 
 
 def lora_parameter_count(shapes: dict[str, tuple[int, int]], target_modules: list[str], r: int) -> tuple[int, int]:

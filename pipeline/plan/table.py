@@ -21,6 +21,8 @@ def plan(run: Any, presets: dict[str, list[str]], selected: str, architecture_ap
     for name, requested in choices.items():
         try:
             resolution = targets.validate_against_model(targets.resolve(requested, model_type, name), model)
+            if name == selected:
+                targets.check_rank_fits(resolution, model, run.lora.r)
         except ConfigError:
             if name == selected:
                 raise  # the user's own choice must resolve; other presets may not exist for this model

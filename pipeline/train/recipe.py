@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.config.context import RunContext
 from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
-from pipeline.data import formats, prepare
+from pipeline.data import formats, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
 from pipeline.model import targets
 from pipeline.model.backends import check_options, describe_loaded, get_backend, loaded_quantization
@@ -168,9 +168,16 @@ def forget_run(run_dir: RunDirectory) -> None:
 
 def setup_data(run: TrainConfig) -> Data:
     """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
+    sources.quiet_progress_bars()
     tokenizer = load_tokenizer(run)
     built = formats.build(run.data, tokenizer, run.seed)
     prepared = prepare.prepare(built, tokenizer, run)
+    t = run.trainer
+    if t.per_device_train_batch_size * t.gradient_accumulation_steps > len(prepared.train):
+        raise ConfigError("trainer.gradient_accumulation_steps", f"an effective batch of "
+                          f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} is larger than the "
+                          f"{len(prepared.train)} training samples", "lower trainer.per_device_train_batch_size or "
+                          "trainer.gradient_accumulation_steps, or give more data")
     # already tokenized and masked: the trainer keeps the labels and skips its own preparation
     datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False)
     return Data(tokenizer, datasets, prepared, built.format)
@@ -184,6 +191,7 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
         skeleton = build_meta_model(run.model, context.architecture_applies)
     resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, context.preset)
     targets.validate_against_model(resolution, skeleton)
+    targets.check_rank_fits(resolution, skeleton, run.lora.r)
     set_seed(run.seed)
     model = load_model(backend, run, precision)
     loaded = describe_loaded(model)
