@@ -80,35 +80,35 @@ def test_packing_trains_the_same_tokens_in_fewer_steps(tmp_path: Path, home: Pat
     assert plain["packing"] is None
 
 
-def test_packed_samples_do_not_attend_to_their_neighbours(tmp_path: Path) -> None:
-    """A packed batch as the trainer builds it, run as TRL's loss runs it (no KV cache), gives each sample the
-    logits it has alone: position ids mark the bounds and transformers masks across them."""
+def test_packed_samples_do_not_attend_to_their_neighbours() -> None:
+    """A packed batch as TRL's trainer builds it (its `pack_dataset`, its padding-free collator), run as TRL's loss
+    runs it (no KV cache), gives each sample the logits it has alone: position ids mark the bounds and
+    transformers masks across them."""
     import torch
+    from trl import pack_dataset
 
+    from pipeline.compat import pristine_trl_module
     from pipeline.data import formats, prepare
     from pipeline.model import targets
     from pipeline.model.backends import hf
     from pipeline.model.loading import load_tokenizer
-    from pipeline.train import trainer as trainer_lib
     from pipeline.train.precision import Accelerator, resolve_precision
 
-    run = to_runconfig(compose("experiment=quickstart", "backend=hf", "quantization=none", "data.packing=true",
-                               "data.val_size=0", "trainer.gradient_checkpointing=false"))
+    run = to_runconfig(compose("experiment=quickstart", "backend=hf", "quantization=none", "data.val_size=0"))
     cpu = resolve_precision("auto", "hf", Accelerator("cpu", "cpu", None, False))
     tokenizer = load_tokenizer(run)
-    built = formats.build(run.data, tokenizer, run.seed)
-    prepared = prepare.prepare(built, tokenizer, run)
-    datasets = formats.Datasets(prepared.train, None, built.format, False, False)
-    model = hf.apply_lora(hf.load(run, cpu), run, targets.resolve(run.lora.target_modules, "llama"))
-    kwargs = trainer_lib.sft_config_kwargs(run, cpu, tmp_path, datasets, ["none"], "t")
-    trainer = trainer_lib.build_trainer(model, tokenizer, datasets, trainer_lib.build_sft_config(kwargs), [], cpu,
-                                        "hf")
-    row = trainer.train_dataset[0]
+    prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed), tokenizer, run)
+    packed_rows = pack_dataset(prepared.train, run.model.max_seq_length, "bfd")
+    row = packed_rows[0]
     assert len(row["seq_lengths"]) > 1  # several samples in this sequence
-    batch = trainer.data_collator([row])
+    # TRL's own collator class (a test that imported unsloth earlier may have patched trl's module attributes)
+    collator = pristine_trl_module("sft_trainer").DataCollatorForLanguageModeling(
+        pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    batch = collator([row])
+    model = hf.apply_lora(hf.load(run, cpu), run, targets.resolve(run.lora.target_modules, "llama"))
     with torch.no_grad():
         def logits(use_cache: bool = False, **inputs: torch.Tensor) -> torch.Tensor:
-            return trainer.model(**inputs, use_cache=use_cache).logits[0]
+            return model(**inputs, use_cache=use_cache).logits[0]
 
         packed = logits(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
         start = 0
