@@ -190,3 +190,17 @@ def test_killed_after_its_last_checkpoint_trains_nothing_more(completed_run: Pat
     saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     final = load_file(completed_run / "adapter" / "adapter_model.safetensors")
     assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)
+
+
+def test_sigterm_during_set_up_is_one_line_and_143(tmp_path: Path, home: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start(home, *LONG, f"hydra.run.dir={run_dir}")
+    deadline = time.time() + 60
+    while not (run_dir / "summary.json").exists() and time.time() < deadline:  # set-up has begun
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: SIGTERM outside the training loop")
+    assert "Traceback" not in stderr
+    assert summary_of(run_dir)["status"] == "interrupted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -30,7 +31,18 @@ def main(cfg: DictConfig) -> float | None:
     return run_command(cfg, train)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before training started or after it ended: nothing to checkpoint, the run stops now."""
+
+    exit_code = 143
+
+
+def terminate(signum: int, frame: Any) -> None:
+    raise Terminated("interrupted: SIGTERM outside the training loop; complete checkpoints stay, resume=auto continues")
+
+
 def cli() -> None:
+    signal.signal(signal.SIGTERM, terminate)  # during training the trainer's graceful stop takes over
     try:
         entry(main)()
     except KeyboardInterrupt as interrupt:
