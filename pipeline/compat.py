@@ -6,6 +6,7 @@
 - bitsandbytes 0.50's in-place repack of 4-bit weights on CPU, switched off.
 - Hydra's `run_and_report`, wrapped so that user mistakes print as one line (Hydra has no hook for it).
 - TRL's shipped chat-template files (`trl/chat_templates/*.jinja`), read without importing TRL.
+- A failed Hydra job's exception, read without the stderr line `JobReturn.return_value` prints.
 """
 
 from __future__ import annotations
@@ -131,3 +132,9 @@ def trl_template_files() -> dict[str, Path]:
         return {}
     folder = Path(next(iter(spec.submodule_search_locations))) / "chat_templates"
     return {p.stem: p for p in folder.glob("*.jinja") if not p.stem.endswith("_training")}
+
+
+def hydra_job_error(job_return: Any) -> BaseException:
+    """The exception a failed Hydra job raised. `JobReturn.return_value` re-raises it but also prints
+    "Error executing job with overrides: ..." to stderr each time it is read; the stored value does not."""
+    return job_return._return_value

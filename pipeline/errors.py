@@ -142,6 +142,10 @@ def report_and_exit(error: ConfigError) -> None:
     sys.exit(getattr(error, "exit_code", EXIT_USAGE))
 
 
+# one line per failed job of the running multirun, filled by `pipeline.cli.common.JobFailures`
+FAILED_JOBS: list[str] = []
+
+
 def install_hydra_error_handler() -> None:
     """Make Hydra print user mistakes as one line with exit code 2 instead of its own multi-line report; errors we
     do not recognise keep Hydra's own handling (`HYDRA_FULL_ERROR=1`: always)."""
@@ -151,6 +155,9 @@ def install_hydra_error_handler() -> None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             return
         error = to_config_error(ex) or _translate_hydra(ex)
+        if FAILED_JOBS:  # a sweep: every failed job, each with its own line, not only the first
+            sys.stderr.write(f"{len(FAILED_JOBS)} job(s) failed:\n" + "\n".join(FAILED_JOBS) + "\n")
+            sys.exit(getattr(error, "exit_code", EXIT_USAGE) if error is not None else 1)
         if error is not None:
             report_and_exit(error)
 

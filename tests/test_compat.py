@@ -89,3 +89,13 @@ def test_trl_ships_the_templates_we_name() -> None:
     from pipeline.model.chat_templates import UNSLOTH_TO_TRL
 
     assert set(UNSLOTH_TO_TRL.values()) <= set(trl_template_files())
+
+
+def test_a_failed_hydra_job_keeps_its_error_where_we_read_it() -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from pipeline.compat import hydra_job_error
+
+    failure = ValueError("boom")
+    job = JobReturn(overrides=["a=1"], status=JobStatus.FAILED, _return_value=failure)
+    assert hydra_job_error(job) is failure

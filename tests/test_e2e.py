@@ -107,6 +107,20 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path, home: Path) -> 
     assert not (sweep / "0").exists()  # a config error leaves no run directory behind
 
 
+def test_a_sweep_lists_every_failed_job_with_its_own_line(tmp_path: Path, home: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora.r=0,33,8", "logger=none",
+                     "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-3] == "2 job(s) failed:"
+    assert lines[-2].startswith("  job 0 (experiment=quickstart lora.r=0 ") and "error: lora.r: 0 is out of range" \
+        in lines[-2]
+    assert "error: lora.r: 33 is larger than the narrowest adapted layer" in lines[-1]
+    assert summary_of(sweep / "2")["status"] == "completed"  # the good job still ran
+    assert "Traceback" not in result.stderr
+
+
 def test_print_config_does_not_import_torch(home: Path) -> None:
     result = run_cli("pipeline.train", "--cfg", "job", "--resolve", "experiment=llama3_1_8b_alpaca", home=home,
                      PYTHONPROFILEIMPORTTIME="1")  # every import is listed on stderr

@@ -7,12 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, register_resolvers, to_runconfig
 from pipeline.config.context import RunContext, from_hydra
 from pipeline.config.resolvers import REPO
-from pipeline.errors import ConfigError, install_hydra_error_handler, report_and_exit
+from pipeline.errors import (
+    FAILED_JOBS,
+    ConfigError,
+    first_line,
+    install_hydra_error_handler,
+    report_and_exit,
+    to_config_error,
+)
 
 CONF_DIR = str(REPO / "conf")  # absolute: the commands work from any directory
 HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log"}
@@ -67,3 +75,19 @@ def entry(main: Callable[[], Any]) -> Callable[[], None]:
         main()
 
     return cli
+
+
+class JobFailures(Callback):
+    """Hydra callback: note each failed job of a sweep with its one-line error (listed together at the end)."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status != JobStatus.FAILED:
+            return
+        from pipeline.compat import hydra_job_error
+
+        ex = hydra_job_error(job_return)
+        error = to_config_error(ex)
+        line = error.line() if error is not None else f"error: {first_line(ex)}"
+        FAILED_JOBS.append(f"  job {config.hydra.job.num} ({' '.join(job_return.overrides)}): {line}")
