@@ -195,16 +195,34 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     set_seed(run.seed)
     model = load_model(backend, run, precision)
     loaded = describe_loaded(model)
-    targets.validate_against_model(resolution, model)  # and the loaded model agrees
+    resolution, relayout = follow_loaded_model(run, context, resolution, skeleton, model)
     model = backend.apply_lora(model, run, resolution)
     resolution.trainable_params = model.get_nb_trainable_parameters()[0]  # PEFT's own count
     from pipeline.train.trainer import machine_notes
 
-    notes = [*precision.notes, *machine_notes(run, precision), *resolution.notes, *loaded_from_notes(run, loaded)]
+    notes = [*precision.notes, *machine_notes(run, precision), *resolution.notes, *loaded_from_notes(run, loaded),
+             *relayout]
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
     return Model(model, resolution, loaded, notes)
+
+
+def follow_loaded_model(run: TrainConfig, context: RunContext, resolution: targets.Resolution, skeleton: Any,
+                        model: Any) -> tuple[targets.Resolution, list[str]]:
+    """The targets as resolved on the skeleton, if the loaded model has them; else resolved again for the model
+    really loaded (a backend may swap in a checkpoint with another layout), with a note saying so."""
+    try:
+        return targets.validate_against_model(resolution, model), []
+    except ConfigError:
+        loaded_type = model.config.model_type
+        if targets.family_of(loaded_type) is None:
+            raise
+        again = targets.validate_against_model(
+            targets.resolve(run.lora.target_modules, loaded_type, context.preset), model)
+    note = (f"the loaded model's layers differ from the preset's numbers ({skeleton.config.model_type}): targets "
+            f"resolved for the model loaded ({loaded_type}): {again.target_modules + again.target_parameters}")
+    return again, [note]
 
 
 def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, data: Data, built: Model,
