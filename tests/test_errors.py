@@ -84,3 +84,24 @@ def test_did_you_mean_uses_synonyms_then_spelling_then_lists() -> None:
 
 def test_unknown_hydra_errors_are_left_to_hydra() -> None:
     assert translate_compose_error(RuntimeError("something else")) is None
+
+
+def test_an_unreachable_hub_is_probed_once_then_offline(tmp_path: Path, home: Path) -> None:
+    """Without HF_HUB_OFFLINE, huggingface_hub would retry for most of a minute and print ~20 lines first."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, offline_env
+
+    env = {k: v for k, v in offline_env(home).items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                                   "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "https://hub.invalid"  # a name that never resolves, whatever this machine's network
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", "experiment=quickstart",
+                             "model.name=no-such-org/no-such-model", f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model.name: cannot load 'no-such-org/no-such-model'")
+    assert "the hub (hub.invalid) cannot be reached" in result.stdout
+    assert not run_dir.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +23,12 @@ from pipeline.errors import (
     report_and_exit,
     to_config_error,
 )
+from pipeline.model.hub import go_offline_if_unreachable
 
 CONF_DIR = str(REPO / "conf")  # absolute: the commands work from any directory
 HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log"}
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 register_resolvers()
 register_configs()
@@ -43,7 +47,12 @@ def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
     """
     try:
         run = to_runconfig(cfg)  # every value checked before anything heavy is imported or loaded
-        return work(run, from_hydra(run))
+        context = from_hydra(run)
+        offline = go_offline_if_unreachable(run)  # before huggingface_hub is imported: it reads the variables once
+        if offline:
+            log.info("note: %s", offline)
+            context = dataclasses.replace(context, notes=(*context.notes, offline))
+        return work(run, context)
     except ConfigError as error:
         run_dir = _hydra_output_dir()
         if run_dir is not None:

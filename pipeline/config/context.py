@@ -23,6 +23,7 @@ class RunContext:
     sweep_dir: Optional[str] = None
     preset: str = "custom"             # the target-module preset, or custom for literal names
     architecture_applies: bool = True  # the model preset's architecture numbers describe model.name
+    notes: tuple[str, ...] = ()        # what the command changed about the environment (e.g. went offline)
 
     @property
     def model_choice(self) -> Optional[str]:

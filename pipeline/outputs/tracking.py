@@ -79,7 +79,8 @@ def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: st
     if mode != "online":
         return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
     try:
-        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=30), **kwargs)
+        # a key with no network: offline within 10 s (W&B waits 30 s by default), nothing is logged yet to lose
+        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=10), **kwargs)
     except Exception as error:  # noqa: BLE001 - no network, bad key, server down: keep training, log offline
         log.warning("W&B: could not go online (%s); logging offline to the run directory instead "
                     "(upload later with `wandb sync`)", str(error).splitlines()[0] if str(error) else error)

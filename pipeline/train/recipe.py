@@ -200,8 +200,8 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     resolution.trainable_params = model.get_nb_trainable_parameters()[0]  # PEFT's own count
     from pipeline.train.trainer import machine_notes
 
-    notes = [*precision.notes, *machine_notes(run, precision), *resolution.notes, *loaded_from_notes(run, loaded),
-             *relayout]
+    notes = [*context.notes, *precision.notes, *machine_notes(run, precision), *resolution.notes,
+             *loaded_from_notes(run, loaded), *relayout]
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
