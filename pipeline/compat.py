@@ -50,6 +50,13 @@ def trl_prepare_dataset() -> Callable[..., Any]:
     return pristine_trl_module("sft_trainer").SFTTrainer._prepare_dataset
 
 
+def trl_preparer_name() -> str:
+    """Which code tokenizes and masks the data (part of the data cache key, so another preparer never hits)."""
+    from importlib import metadata
+
+    return f"trl {metadata.version('trl')} SFTTrainer._prepare_dataset, from TRL's own file"
+
+
 def trl_sft_config() -> type:
     """TRL's own `SFTConfig` (Unsloth's GPU replacement adds `max_seq_length=None` and other defaults)."""
     return pristine_trl_module("sft_config").SFTConfig

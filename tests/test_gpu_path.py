@@ -184,9 +184,9 @@ def test_unsloths_gpu_preparation_really_differs(gpu_trainer_classes) -> None:
 
 
 def test_cache_key_names_the_preparer() -> None:
-    from pipeline.data.cache import preparer_name
+    from pipeline.compat import trl_preparer_name
 
-    assert preparer_name().startswith("trl 1.14.2 SFTTrainer._prepare_dataset")
+    assert trl_preparer_name().startswith("trl 1.14.2 SFTTrainer._prepare_dataset")
 
 
 # --- the keyword arguments we pass, against Unsloth's GPU-path signatures --------------------------------------

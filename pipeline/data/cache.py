@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.compat import trl_preparer_name
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("FT_DATA_CACHE", Path.home() / ".cache" / "llm-finetune" / "prepared"))
@@ -30,13 +32,6 @@ def _source_fingerprint(source: Any) -> list:
     return items
 
 
-def preparer_name() -> str:
-    """Which code tokenized and masked the data (part of the cache key, so another preparer never hits)."""
-    from importlib import metadata
-
-    return f"trl {metadata.version('trl')} SFTTrainer._prepare_dataset, from TRL's own file"
-
-
 def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     from omegaconf import OmegaConf
 
@@ -44,7 +39,7 @@ def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
            "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
-           "seed": run.seed, "preparer": preparer_name(), "version": 3}
+           "seed": run.seed, "preparer": trl_preparer_name(), "version": 3}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

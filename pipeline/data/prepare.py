@@ -1,10 +1,10 @@
 """Tokenize and mask with TRL's own preparation, then apply the length policy, count, and cache.
 
-TRL's `SFTTrainer._prepare_dataset` turns text / messages / prompt-completion rows into `input_ids` + `labels`
-(chat template, EOS, assistant or completion masks). We run it with the tokenizer alone, before any model weight
-loads, so a template that masks every token or an over-long sample fails fast, `preprocess` shows exactly what
-training will see, and SFTTrainer later receives the tokenized rows and skips its own preparation. It is TRL's
-own code on every machine, also where Unsloth's GPU path replaced `trl.SFTTrainer` (see `pipeline.compat`).
+TRL's own dataset preparation (`pipeline.compat.trl_tokenize_and_mask`) turns text / messages / prompt-completion
+rows into `input_ids` + `labels` (chat template, EOS, assistant or completion masks). We run it with the tokenizer
+alone, before any model weight loads, so a template that masks every token or an over-long sample fails fast,
+`preprocess` shows exactly what training will see, and SFTTrainer later receives the tokenized rows and skips its
+own preparation. It is TRL's own code on every machine, also where Unsloth's GPU path replaced `trl.SFTTrainer`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DTYPE_NAMES = ("bfloat16", "float16", "float32")
-
 
 @dataclass(frozen=True)
 class Accelerator:

@@ -74,16 +74,18 @@ def check_options(run: Any, device: str) -> None:
         fix = ("use quantization=none, or backend=hf" if device == "cuda" and quantized and init != "corda"
                else "use backend=hf, or init_weights true|gaussian")
         raise ConfigError("lora.init_weights", f"'{init}' is refused by Unsloth's {where} with {base}", fix)
-    if run.model.name.endswith("bnb-4bit") and (run.quantization.bits != 4 or _non_default_4bit(run.quantization)):
+    if run.model.name.endswith("bnb-4bit") and (run.quantization.bits != 4 or changed_4bit_settings(run.quantization)):
         raise ConfigError("quantization", f"model.name '{run.model.name}' is already quantized to 4-bit and its "
                           "own settings apply", "use the 16-bit repo to choose the quantization, or quantization=nf4")
 
 
-def _non_default_4bit(quant: Any) -> bool:
+def changed_4bit_settings(quant: Any) -> list[str]:
+    """`quantization.<key>=<value>` for each 4-bit setting that differs from the default (NF4 + double quant)."""
     from pipeline.config.schema import QuantizationConfig
 
     default = QuantizationConfig()
-    return any(getattr(quant, k) != getattr(default, k) for k in ("quant_type", "double_quant", "compute_dtype"))
+    return [f"quantization.{key}={getattr(quant, key)}" for key in ("quant_type", "double_quant", "compute_dtype")
+            if getattr(quant, key) != getattr(default, key)]
 
 
 def describe_loaded(model: Any) -> dict[str, Any]:

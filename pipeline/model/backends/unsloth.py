@@ -10,21 +10,16 @@ from typing import Any
 
 import unsloth  # noqa: F401 - imported first on purpose: it patches transformers, peft and trl
 
-from pipeline.model.backends import bnb_config, lora_kwargs
+from pipeline.model.backends import bnb_config, changed_4bit_settings, lora_kwargs
 from pipeline.train.precision import Precision, compute_dtype
 
 
 def exact_name_reasons(run: Any) -> list[str]:
     """Why Unsloth must load model.name as named instead of its pre-quantized copy (empty: the copy is fine)."""
-    from pipeline.config.schema import QuantizationConfig
-
     reasons = []
     if run.model.revision:
         reasons.append(f"model.revision={run.model.revision} pins a commit of {run.model.name} itself")
-    default = QuantizationConfig()
-    changed = [f"quantization.{key}={getattr(run.quantization, key)}" for key in
-               ("quant_type", "double_quant", "compute_dtype")
-               if getattr(run.quantization, key) != getattr(default, key)]
+    changed = changed_4bit_settings(run.quantization)
     if run.quantization.bits == 4 and changed:
         reasons.append(f"{', '.join(changed)} (a pre-quantized copy carries its own settings)")
     return reasons
