@@ -145,3 +145,22 @@ def hydra_job_error(job_return: Any) -> BaseException:
     """The exception a failed Hydra job raised. `JobReturn.return_value` re-raises it but also prints
     "Error executing job with overrides: ..." to stderr each time it is read; the stored value does not."""
     return job_return._return_value
+
+
+def quiet_failed_job(job_return: Any) -> None:
+    """Hydra's sweeper reads `return_value` of each job to re-raise the first failure, and that property writes
+    "Error executing job with overrides: ..." to stderr; the failures are listed with their own lines instead."""
+    from hydra.core.utils import JobReturn
+
+    class QuietJobReturn(JobReturn):
+        @property
+        def return_value(self) -> Any:
+            if self.status.name == "FAILED":
+                raise self._return_value
+            return self._return_value
+
+        @return_value.setter
+        def return_value(self, value: Any) -> None:
+            self._return_value = value
+
+    job_return.__class__ = QuietJobReturn

@@ -165,9 +165,58 @@ def install_hydra_error_handler() -> None:
 
 
 def _translate_hydra(ex: BaseException) -> ConfigError | None:
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(ex, OverrideParseException):
+        return _override_syntax_error(ex)
     if isinstance(ex, (HydraException, OmegaConfBaseException)):
         return translate_compose_error(ex)
+    group = _GROUP_NOT_A_NAME.search(str(ex))
+    if isinstance(ex, ValueError) and group:
+        return _group_value_error()
+    if isinstance(ex, OSError) and ex.filename:
+        return _output_dir_error(ex)
     return None
+
+
+def _output_dir_error(ex: OSError) -> ConfigError | None:
+    """Hydra could not make the run (or sweep) directory: /proc/x, a read-only disk, a file in the way."""
+    import traceback
+
+    frames = [f.filename for f in traceback.extract_tb(ex.__traceback__) if not f.filename.endswith("pathlib.py")]
+    if not frames or f"{os.sep}hydra{os.sep}" not in frames[-1]:
+        return None  # not Hydra's own mkdir
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(sys.argv) else "hydra.run.dir"
+    return ConfigError(key, f"cannot create {ex.filename}: {ex.strerror}",
+                       f"point {key} (or name) at a directory you can write to")
+
+
+_GROUP_NOT_A_NAME = re.compile(r"Config group override must be a string or a list")
+_OVERRIDE = re.compile(r"^[+~]*([\w./@-]+)=(.*)$")
+
+
+def _command_line_overrides() -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in map(_OVERRIDE.match, sys.argv[1:]) if m]
+
+
+def _override_syntax_error(ex: Exception) -> ConfigError:
+    """Hydra's grammar error ("no viable alternative at input '[q_proj'"), named by the override it is in."""
+    problem = str(ex).splitlines()[0].rstrip(".")
+    found = re.search(r"input '(.*)'", problem)
+    culprit = next((key for key, value in _command_line_overrides() if found and found.group(1) in value), None)
+    return ConfigError(culprit or "overrides", f"cannot parse the override ({problem})",
+                       "close brackets and quotes, and quote the whole override in the shell: 'key=[a,b]'")
+
+
+def _group_value_error() -> ConfigError:
+    """`model=5`: a config group takes an option name, and Hydra only says 'Got int'."""
+    from pipeline.config.resolvers import REPO
+
+    conf = REPO / "conf"
+    for key, value in _command_line_overrides():
+        if (conf / key).is_dir() and not re.fullmatch(r"[A-Za-z_][\w.-]*", value):
+            options = sorted(p.stem for p in (conf / key).glob("*.yaml"))
+            return ConfigError(key, f"{value} is not an option name", did_you_mean(value, options))
+    return ConfigError("overrides", "a config group was given a number or a list",
+                       "give it an option name, e.g. model=tiny")

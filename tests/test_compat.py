@@ -6,6 +6,8 @@ import ast
 import inspect
 import textwrap
 
+import pytest
+
 
 def self_attributes(function) -> set[str]:
     """Attributes a method reads from `self`."""
@@ -99,3 +101,23 @@ def test_a_failed_hydra_job_keeps_its_error_where_we_read_it() -> None:
     failure = ValueError("boom")
     job = JobReturn(overrides=["a=1"], status=JobStatus.FAILED, _return_value=failure)
     assert hydra_job_error(job) is failure
+
+
+def test_a_quiet_failed_job_raises_without_hydra_line(capsys: pytest.CaptureFixture) -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from pipeline.compat import quiet_failed_job
+
+    failure = ValueError("boom")
+    loud = JobReturn(overrides=["a=1"], status=JobStatus.FAILED, _return_value=failure)
+    with pytest.raises(ValueError):
+        loud.return_value  # noqa: B018 - the property is what Hydra's sweeper reads
+    assert "Error executing job with overrides" in capsys.readouterr().err  # what the workaround is for
+    quiet = JobReturn(overrides=["a=1"], status=JobStatus.FAILED, _return_value=failure)
+    quiet_failed_job(quiet)
+    with pytest.raises(ValueError):
+        quiet.return_value  # noqa: B018
+    assert capsys.readouterr().err == ""
+    done = JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)
+    quiet_failed_job(done)
+    assert done.return_value == 0.5

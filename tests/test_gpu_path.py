@@ -246,7 +246,7 @@ def test_default_settings_let_unsloth_use_its_prequantized_copy() -> None:
 # --- LoRA options per backend and device -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend,device,quantization,init,refused", [
-    ("unsloth", "cuda", "nf4", "loftq", True),
+    ("unsloth", "cuda", "nf4", "corda", True),
     ("unsloth", "cuda", "nf4", "pissa", True),
     ("unsloth", "cuda", "nf4", "olora", False),   # allowed on bitsandbytes
     ("unsloth", "cuda", "none", "pissa", False),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipeline.model.hub import go_offline_if_unreachable
 
 CONF_DIR = str(REPO / "conf")  # absolute: the commands work from any directory
 HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log"}
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,12 @@ register_configs()
 
 
 def remove_if_only_hydra_files(run_dir: Path) -> None:
-    """A config error leaves no run directory behind that could pass for a real run."""
+    """A config error leaves no run directory behind that could pass for a real run (nor an emptied date folder)."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY_FILES:
         shutil.rmtree(run_dir, ignore_errors=True)
+        parent = run_dir.parent
+        if DATE_FOLDER.fullmatch(parent.name) and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # outputs/<date>/ of conf/train.yaml's hydra.run.dir, made for this run only
 
 
 def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
@@ -47,7 +52,7 @@ def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
     """
     try:
         run = to_runconfig(cfg)  # every value checked before anything heavy is imported or loaded
-        context = from_hydra(run)
+        context = dataclasses.replace(from_hydra(run), hydra_files=hydra_files(cfg))
         offline = go_offline_if_unreachable(run)  # before huggingface_hub is imported: it reads the variables once
         if offline:
             log.info("note: %s", offline)
@@ -61,6 +66,18 @@ def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
             raise
         report_and_exit(error)  # one line, exit 2, before Hydra adds its own report
         raise  # not reached: report_and_exit exits
+
+
+def hydra_files(cfg: DictConfig) -> tuple[tuple[str, str], ...]:
+    """What Hydra would have written into .hydra/ before the job ran (conf/train.yaml defers it to the command)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return ()
+    hydra = HydraConfig.get()
+    return (("config.yaml", OmegaConf.to_yaml(cfg)), ("hydra.yaml", OmegaConf.to_yaml({"hydra": hydra})),
+            ("overrides.yaml", OmegaConf.to_yaml(list(hydra.overrides.task))))
 
 
 def _hydra_output_dir() -> Path | None:
@@ -92,11 +109,12 @@ class JobFailures(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        if job_return.status != JobStatus.FAILED:
+        if job_return.status != JobStatus.FAILED or not _in_multirun():
             return
-        from pipeline.compat import hydra_job_error
+        from pipeline.compat import hydra_job_error, quiet_failed_job
 
         ex = hydra_job_error(job_return)
+        quiet_failed_job(job_return)
         error = to_config_error(ex)
         line = error.line() if error is not None else f"error: {first_line(ex)}"
         FAILED_JOBS.append(f"  job {config.hydra.job.num} ({' '.join(job_return.overrides)}): {line}")

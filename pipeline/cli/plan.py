@@ -14,13 +14,15 @@ from omegaconf import DictConfig
 
 from pipeline.cli.common import CONF_DIR, entry, run_command
 from pipeline.config.context import RunContext, target_presets
+from pipeline.outputs.rundir import write_atomically, write_hydra_files
 from pipeline.plan.table import format_parts, format_table, plan
 
 
 def plan_command(run: Any, context: RunContext) -> dict:
     result = plan(run, target_presets(), context.preset, context.architecture_applies)
     print_plan(result)
-    (context.run_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_hydra_files(context.run_dir, context.hydra_files)
+    write_atomically(context.run_dir / "plan.json", json.dumps(result, indent=2) + "\n")
     print(f"plan written to {context.run_dir / 'plan.json'}")
     return result
 

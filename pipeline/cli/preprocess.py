@@ -37,13 +37,17 @@ def render(input_ids: list[int], labels: list[int], tokenizer: Any, colour: bool
     return "".join(pieces)
 
 
-def preprocess(run: Any, run_dir: Path, colour: bool) -> dict:
+def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -> dict:
     from pipeline.data import formats, prepare, sources
     from pipeline.model.loading import load_tokenizer
+    from pipeline.outputs.logs import route_library_logs
+    from pipeline.outputs.rundir import write_atomically, write_hydra_files
 
     sources.quiet_progress_bars()
+    raw = formats.read(run.data)  # data mistakes first: they need no tokenizer
+    route_library_logs()
     tokenizer = load_tokenizer(run)
-    prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed), tokenizer, run)
+    prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed, raw), tokenizer, run)
     print(f"data: {run.data.source} ({run.data.format}, loss on {run.data.loss_on})"
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))
     for name, stats in prepared.stats.items():
@@ -55,13 +59,14 @@ def preprocess(run: Any, run_dir: Path, colour: bool) -> dict:
         print(f"--- sample {index} ({len(row['input_ids'])} tokens)")
         print(render(row["input_ids"], row["labels"], tokenizer, colour))
     report = {"from_cache": prepared.from_cache, "cache_dir": str(prepared.cache_dir), **prepared.stats_dict()}
-    (run_dir / "data_stats.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(run_dir / "data_stats.json", json.dumps(report, indent=2) + "\n")
+    write_hydra_files(run_dir, hydra_files)
     return report
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    run_command(cfg, lambda run, context: preprocess(run, context.run_dir, colour=sys.stdout.isatty()))
+    run_command(cfg, lambda run, context: preprocess(run, context.run_dir, sys.stdout.isatty(), context.hydra_files))
 
 
 cli = entry(main)

@@ -24,6 +24,7 @@ class RunContext:
     preset: str = "custom"             # the target-module preset, or custom for literal names
     architecture_applies: bool = True  # the model preset's architecture numbers describe model.name
     notes: tuple[str, ...] = ()        # what the command changed about the environment (e.g. went offline)
+    hydra_files: tuple[tuple[str, str], ...] = ()  # .hydra/ (name, YAML), written once the run directory is ours
 
     @property
     def model_choice(self) -> Optional[str]:

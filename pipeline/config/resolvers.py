@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
+UNSAFE_IN_NAME = re.compile(r"[^\w.+-]")  # what `name` may not hold (the schema refuses it)
 
 
 def repo_path(relative: str) -> str:
     """Absolute path of a file shipped in this repository, wherever the command runs from."""
     return str(REPO / relative)
+
+
+def run_dir_suffix(name: str | None) -> str:
+    """'_<name>' for the run directory, '' without a name. Hydra makes the directory before `name` is validated, so
+    a name with a path in it (`/../x`) is flattened here, and the refused run leaves no directory outside outputs/."""
+    return "_" + UNSAFE_IN_NAME.sub("-", str(name)) if name else ""
 
 
 def user_groups() -> str:
@@ -41,5 +49,5 @@ def register_resolvers() -> None:
     `--help`."""
     if not OmegaConf.has_resolver("pipeline.repo_path"):
         OmegaConf.register_new_resolver("pipeline.repo_path", repo_path)
-        OmegaConf.register_new_resolver("pipeline.suffix", lambda name: f"_{name}" if name else "")
+        OmegaConf.register_new_resolver("pipeline.suffix", run_dir_suffix)
         OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)

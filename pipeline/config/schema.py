@@ -68,7 +68,7 @@ class LoraConfig:
     dropout: float = checked(0.0, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", "0.0 (keeps Unsloth's fast path)")
     bias: str = one_of("none", "none", "all", "lora_only")
     use_rslora: bool = False
-    init_weights: str = one_of("true", "true", "false", "gaussian", "loftq", "corda", "pissa", "olora")
+    init_weights: str = one_of("true", "true", "false", "gaussian", "corda", "pissa", "olora")
     target_modules: list[str] = field(default_factory=lambda: list(ROLES), metadata={"check": (
         lambda v: len(v) > 0, "must name at least one module or role", "[q,k,v,o]")})
     modules_to_save: Optional[list[str]] = None

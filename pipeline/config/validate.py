@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from pipeline.config.schema import TrainConfig
 from pipeline.errors import ConfigError, did_you_mean
@@ -126,6 +127,12 @@ def _validate_combinations(cfg: DictConfig) -> None:
 
 def to_runconfig(cfg: DictConfig) -> TrainConfig:
     """Validate and convert the composed config to typed dataclasses (what the rest of the pipeline sees)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # every ${...} now: a broken one is named by its key
+    except InterpolationResolutionError as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError(key, f"cannot resolve its interpolation: {str(error).splitlines()[0].rstrip('.')}",
+                          "fix the ${...} reference, or quote a literal value") from error
     validate(cfg)
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, TrainConfig)

@@ -21,13 +21,13 @@ def cache_root() -> Path:
 
 def _source_fingerprint(source: Any) -> list:
     """Local files by path, size and mtime (so an edit invalidates the cache); hub ids by name."""
-    from pipeline.data.sources import _local_files
+    from pipeline.data.sources import local_files
 
     items = []
     for s in source if isinstance(source, list) else [source]:
         if s is None:
             continue
-        files = _local_files(str(s)) or []
+        files = local_files(str(s)) or []
         items.append([str(s), [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]])
     return items
 
@@ -57,9 +57,16 @@ def load_cached(folder: Path) -> Any:
 
 
 def save_cached(folder: Path, prepared: Any) -> None:
+    """Whole or not at all: written beside, then renamed (a failed write leaves nothing)."""
+    import shutil
+
     tmp = folder.with_name(folder.name + ".tmp")
-    prepared.train.save_to_disk(str(tmp / "train"))
-    if prepared.eval is not None:
-        prepared.eval.save_to_disk(str(tmp / "eval"))
-    (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
-    tmp.rename(folder)  # whole or not at all
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        prepared.train.save_to_disk(str(tmp / "train"))
+        if prepared.eval is not None:
+            prepared.eval.save_to_disk(str(tmp / "eval"))
+        (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -121,7 +121,6 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
     """
     columns = dataset.column_names
     responses = loss_on == "responses"
-    _check_rows(dataset, fmt)
     if fmt == "text":
         return dataset.select_columns(["text"]).map(lambda r: {"text": _text(r["text"])}), False, False, 0
     if fmt == "prompt_completion":
@@ -151,19 +150,22 @@ REQUIRED_TEXT = {"alpaca": ("instruction", "output"), "prompt_completion": ("pro
                  "text": ("text",)}
 
 
-def _check_rows(dataset: Any, fmt: str) -> None:
-    """Name the first sample with a missing or empty required field (CSV gaps, nulls in JSON)."""
+def _check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
+    """Name the first sample with a missing, empty or misshapen required field (CSV gaps, nulls in JSON)."""
     for column in REQUIRED_TEXT.get(fmt, ()):
         for index, value in enumerate(dataset[column]):
             if value is None or (isinstance(value, (str, list)) and not value):
-                raise ConfigError("data.source", f"sample {index} has an empty '{column}'",
-                                  "fill it in or remove the sample")
+                raise ConfigError(key, f"sample {index} has an empty '{column}'", "fill it in or remove the sample")
     if fmt in ("messages", "sharegpt"):
         column = "messages" if fmt == "messages" else "conversations"
         for index, turns in enumerate(dataset[column]):
             if not turns:
-                raise ConfigError("data.source", f"sample {index} has no '{column}'",
-                                  "give every sample at least one turn")
+                raise ConfigError(key, f"sample {index} has no '{column}'", "give every sample at least one turn")
+            odd = next((t for t in turns if not isinstance(t, dict)), None) if isinstance(turns, list) else turns
+            if odd is not None:
+                kind = f"a list of {type(odd).__name__}" if isinstance(turns, list) else f"a {type(odd).__name__}"
+                raise ConfigError(key, f"sample {index}: '{column}' is {kind}, not a list of messages",
+                                  'write it as [{"role": ..., "content": ...}, ...]')
 
 
 def _check_roles(dataset: Any) -> None:
@@ -188,21 +190,44 @@ def split(dataset: Any, val_size: float, seed: int) -> tuple[Any, Any]:
     return parts["train"], parts["test"]
 
 
-def build(data: Any, tokenizer: Any, seed: int) -> Datasets:
-    """Load, normalize and split the configured data for SFTTrainer."""
+@dataclass
+class Raw:
+    """The rows as read, format known and required fields checked: what needs no tokenizer."""
+    dataset: Any
+    eval_dataset: Any  # data.eval_source, or None
+    format: str
+
+
+def read(data: Any) -> Raw:
+    """Load data.source (and data.eval_source), tell the format, check columns and required fields: the mistakes
+    found here cost no model import."""
     dataset = load_source(data)
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
     _check_columns(dataset.column_names, fmt)
+    _check_rows(dataset, fmt)
+    held_out = None
+    if data.eval_source not in (None, "", []):
+        held_out = load_source(data, data.eval_source, key="data.eval_source")
+        _check_columns(held_out.column_names, fmt)
+        _check_rows(held_out, fmt, "data.eval_source")
+    return Raw(dataset, held_out, fmt)
+
+
+def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None) -> Datasets:
+    """Normalize and split the configured data (read now unless `raw` is given) for SFTTrainer."""
+    raw = raw or read(data)
+    dataset, fmt = raw.dataset, raw.format
     if fmt not in ("text", "prompt_completion") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
                           "set model.chat_template, e.g. model.chat_template=chatml")
     dataset, assistant_only, completion_only, dropped = normalize(dataset, fmt, data.loss_on, tokenizer)
-    if data.eval_source not in (None, "", []):
-        held_out = load_source(data, data.eval_source)
-        _check_columns(held_out.column_names, fmt)
-        evaluation, _, _, dropped_eval = normalize(held_out, fmt, data.loss_on, tokenizer)
+    if len(dataset) == 0:
+        raise ConfigError("data.source", f"none of its {dropped} conversations has an assistant answer: nothing "
+                          "to train on", "add assistant turns, or train on every token with data.loss_on=all")
+    if raw.eval_dataset is not None:
+        evaluation, _, _, dropped_eval = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer)
         train, dropped = dataset, dropped + dropped_eval
     else:
         train, evaluation = split(dataset, data.val_size, seed)

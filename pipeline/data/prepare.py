@@ -9,6 +9,7 @@ own preparation. It is TRL's own code on every machine, also where Unsloth's GPU
 
 from __future__ import annotations
 
+import logging
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipeline.data.formats import Datasets
 from pipeline.errors import ConfigError, first_line
 
 IGNORE = -100  # label of a token that carries no loss
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,10 +123,13 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:
                                                        run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder if run.data.cache else None, False)
-    if run.data.cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if not folder.exists():
+    if run.data.cache and not folder.exists():
+        try:
             save_cached(folder, prepared)
+        except OSError as error:  # a cache is a saving, not a result: the run goes on without it, and says so
+            log.warning("data: cache not written (%s: %s); set FT_DATA_CACHE to a writable folder or "
+                        "data.cache=false", folder, error.strerror or error)
+            prepared.cache_dir = None
     return prepared
 
 

@@ -21,7 +21,7 @@ def quiet_progress_bars() -> None:
     disable_progress_bar()
 
 
-def _local_files(source: str) -> list[str] | None:
+def local_files(source: str, key: str = "data.source") -> list[str] | None:
     """The data files a local path, directory or glob names; None when `source` is not local."""
     if any(ch in source for ch in "*?["):
         return sorted(glob.glob(source, recursive=True))
@@ -31,70 +31,74 @@ def _local_files(source: str) -> list[str] | None:
     if os.path.isfile(source):
         return [source]
     if source.startswith((".", "/", "~")) or os.path.splitext(source)[1] in LOCAL_BUILDERS:
-        raise ConfigError("data.source", f"file not found: {source}", "check the path (relative to where you run)")
+        raise ConfigError(key, f"file not found: {source}", "check the path (relative to where you run)")
     return None
 
 
-def load_source(data: Any, source: Any = None) -> Any:
-    """One `datasets.Dataset` from data.source (a string or a list of them, concatenated)."""
+def load_source(data: Any, source: Any = None, key: str = "data.source") -> Any:
+    """One `datasets.Dataset` from data.source (or `source`, read for `key`): a string or a list, concatenated."""
     from datasets import concatenate_datasets
 
     source = data.source if source is None else source
     sources = source if isinstance(source, list) else [source]
-    parts = [_load_one(str(s), data) for s in sources]
-    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(_aligned(parts, sources))
+    parts = [_load_one(str(s), data, key) for s in sources]
+    dataset = parts[0] if len(parts) == 1 else concatenate_datasets(_aligned(parts, sources, key))
     if data.columns:
-        dataset = dataset.rename_columns({old: new for new, old in data.columns.items()
-                                          if old in dataset.column_names})
+        missing = {new: old for new, old in data.columns.items() if old not in dataset.column_names}
+        if missing:
+            new, old = next(iter(missing.items()))
+            raise ConfigError(f"data.columns.{new}", f"column '{old}' is not in {source} (columns: "
+                              f"{', '.join(dataset.column_names)})", "map to one of those columns")
+        dataset = dataset.rename_columns({old: new for new, old in data.columns.items() if old != new})
     if len(dataset) == 0:
-        raise ConfigError("data.source", "the dataset is empty", "point data.source at a file with samples")
+        raise ConfigError(key, "the dataset is empty", f"point {key} at a file with samples")
     return dataset
 
 
-def _aligned(parts: list, sources: list) -> list:
+def _aligned(parts: list, sources: list, key: str) -> list:
     """Cast every source to the first one's column types (CSV and JSON disagree on string types)."""
     first = parts[0]
     aligned = [first]
     for part, source in zip(parts[1:], sources[1:], strict=True):
         if sorted(part.column_names) != sorted(first.column_names):
-            raise ConfigError("data.source", f"{source} has columns {part.column_names} but {sources[0]} has "
+            raise ConfigError(key, f"{source} has columns {part.column_names} but {sources[0]} has "
                               f"{first.column_names}", "give sources with the same columns (or map them)")
         try:
             aligned.append(part if part.features == first.features else part.cast(first.features))
         except (ValueError, TypeError, ArithmeticError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            raise ConfigError("data.source", f"{source} cannot be read with the column types of {sources[0]}: "
+            raise ConfigError(key, f"{source} cannot be read with the column types of {sources[0]}: "
                               f"{first_line(error)}", "give sources with the same column types") from error
     return aligned
 
 
-def _load_one(source: str, data: Any) -> Any:
+def _load_one(source: str, data: Any, key: str) -> Any:
     from datasets import load_dataset
 
-    files = _local_files(source)
+    files = local_files(source, key)
     if files is None:  # a hub dataset id
         try:
             return load_dataset(source, data.subset, split=data.split)
         except Exception as error:  # noqa: BLE001 - network, auth, missing repo or split: all the user's to fix
-            raise ConfigError("data.source", f"cannot load hub dataset '{source}': {first_line(error)}",
+            raise ConfigError(key, f"cannot load hub dataset '{source}': {first_line(error)}",
                               "check the id, data.subset and data.split, and network access "
                               "(or point data.source at a local file)") from error
     if not files:
-        raise ConfigError("data.source", f"no data files match {source}",
+        raise ConfigError(key, f"no data files match {source}",
                           f"use {', '.join(sorted(LOCAL_BUILDERS))} files")
     builder = LOCAL_BUILDERS.get(os.path.splitext(files[0])[1])
     if builder is None:
-        raise ConfigError("data.source", f"cannot read {files[0]}",
+        raise ConfigError(key, f"cannot read {files[0]}",
                           f"use one of {', '.join(sorted(LOCAL_BUILDERS))}")
     for path in files:
         if path.endswith(".jsonl"):
-            check_jsonl(path)
+            check_jsonl(path, key)
     if all(_is_blank(path) for path in files):
-        raise ConfigError("data.source", f"the dataset is empty ({', '.join(files)} has no rows)",
-                          "point data.source at a file with samples")
+        raise ConfigError(key, f"the dataset is empty ({', '.join(files)} has no rows)",
+                          f"point {key} at a file with samples")
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as error:  # noqa: BLE001 - a file datasets cannot parse
-        raise ConfigError("data.source", f"cannot parse {', '.join(files)}: {first_line(error)}",
+        raise ConfigError(key, f"cannot parse {', '.join(files)}: {first_line(error)}",
                           "fix the file, or convert it to JSONL") from error
 
 
@@ -103,19 +107,24 @@ def _is_blank(path: str) -> bool:
         return not f.read(4096).strip()
 
 
-def check_jsonl(path: str) -> None:
+def check_jsonl(path: str, key: str = "data.source") -> None:
     """Name the file and line of the first malformed JSONL record (datasets only says 'failed to generate')."""
     import json
 
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(key, f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start})",
+                                  "save the file as UTF-8") from error
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ConfigError("data.source", f"{path}:{number}: not valid JSON ({error.msg})",
+                raise ConfigError(key, f"{path}:{number}: not valid JSON ({error.msg})",
                                   "fix or remove that line") from error
             if not isinstance(record, dict):
-                raise ConfigError("data.source", f"{path}:{number}: a JSONL line must be an object",
+                raise ConfigError(key, f"{path}:{number}: a JSONL line must be an object",
                                   'write one {"column": value, ...} object per line')

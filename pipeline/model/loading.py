@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,9 @@ def model_load_errors(name: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError) as error:
+        if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
+            raise ConfigError("model.name", f"no such local folder: {name}",
+                              "check the path (relative to where you run), or give a hub id") from error
         raise ConfigError("model.name", f"cannot load '{name}': {first_line(error)}",
                           "check the hub id or local path, network access and HF_TOKEN for gated models") from error
 
@@ -35,5 +39,7 @@ def load_tokenizer(run: Any) -> Any:
 
 def load_model(backend: Any, run: Any, precision: Any) -> Any:
     """The base model under the configured quantization."""
-    with model_load_errors(run.model.name):
+    from pipeline.outputs.logs import prints_to_log
+
+    with model_load_errors(run.model.name), prints_to_log(run.backend):  # Unsloth prints what it loaded
         return backend.load(run, precision)

@@ -107,3 +107,13 @@ def plot_loss(run_dir: Path, rows: list[dict], title: str) -> None:
     fig.tight_layout()
     fig.savefig(run_dir / "loss.png", dpi=100)
     plt.close(fig)
+
+
+def close_progress_bars(trainer: Any) -> None:
+    """A run that stopped mid-step leaves transformers' progress bars open, and they redraw after the error line."""
+    for callback in trainer.callback_handler.callbacks if trainer is not None else []:
+        for name in ("training_bar", "prediction_bar"):
+            bar = getattr(callback, name, None)
+            if bar is not None:
+                bar.close()
+                setattr(callback, name, None)

@@ -6,19 +6,25 @@ renamed. A directory that already holds a run is only continued with `resume`, n
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunFailed
 
 # what a trainer checkpoint must hold to be resumed from (HF writes them one by one, trainer_state.json late)
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# a write refused by the filesystem: full, over quota, file too large, read-only, not permitted
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+LOW_SPACE = 16 * 2**20  # below this, any failed write is taken for a full disk (torch.save hides the errno)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,11 +60,38 @@ class RunDirectory:
                               "wait for it to finish, or give this run another hydra.run.dir") from None
         self._lock = handle
 
-    def write_json(self, name: str, value: Any) -> None:
-        write_atomically(self.path / name, json.dumps(value, indent=2, default=str) + "\n")
-
     def write_summary(self, summary: dict) -> None:
-        self.write_json("summary.json", summary)
+        """Atomically; on a full disk, in place (the old summary's space is reused) rather than not at all."""
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        try:
+            write_atomically(self.summary_file, text)
+        except OSError:
+            self.summary_file.write_text(text)
+
+    def write_fault(self, error: BaseException) -> RunFailed | None:
+        """The failure, told in one line, when it is the run directory refusing a write; None otherwise."""
+        reason = None
+        for cause in _chain(error):
+            inside = not getattr(cause, "filename", None) or str(cause.filename).startswith(str(self.path))
+            if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS and inside:
+                reason = cause.strerror
+                break
+        free = shutil.disk_usage(self.path).free
+        if reason is None and free >= LOW_SPACE:
+            return None
+        return RunFailed("hydra.run.dir", f"cannot write to {self.path}: {reason or 'no space left on device'} "
+                         f"({free // 1024} KiB free)", "free space or point hydra.run.dir at another disk; "
+                         "resume=auto continues from the last complete checkpoint")
+
+    def remove_partial_writes(self) -> None:
+        """What a failed write left half done (an incomplete checkpoint, temporary files): never a result, and on a
+        full disk its space is what the summary needs."""
+        for folder in self.checkpoints.glob("checkpoint-*"):
+            if not is_complete_checkpoint(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self.path / "adapter.tmp", ignore_errors=True)
+        for tmp in self.path.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def complete_checkpoints(self) -> list[Path]:
         """checkpoint-N folders that hold everything a resume needs, oldest first."""
@@ -85,13 +118,34 @@ def is_complete_checkpoint(folder: Path) -> bool:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path` (no `.tmp` is left
+    behind when the write fails)."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def write_hydra_files(run_dir: Path, files: tuple[tuple[str, str], ...]) -> None:
+    """Hydra's record of the invocation (.hydra/config.yaml, hydra.yaml, overrides.yaml)."""
+    if files:
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    for name, text in files:
+        write_atomically(run_dir / ".hydra" / name, text)
 
 
 def write_resolved_config(run_dir: Path, config: dict) -> None:

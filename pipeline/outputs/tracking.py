@@ -23,8 +23,18 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb.Settings(mode=) takes
+
+
 def check_credentials(run: Any) -> None:
-    """logger.mode=online without credentials would stop at W&B's prompt or error: refuse it up front."""
+    """logger.mode=online without credentials would stop at W&B's prompt or error, and W&B rejects an unknown
+    WANDB_MODE with a traceback: refuse both up front."""
+    mode = os.environ.get("WANDB_MODE")
+    if run.logger.kind == "wandb" and run.logger.mode == "auto" and mode and mode not in WANDB_MODES:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("WANDB_MODE", f"'{mode}' is not a W&B mode (environment variable)",
+                          "set it to online, offline or disabled, or unset it")
     if run.logger.kind == "wandb" and run.logger.mode == "online" and not has_wandb_credentials():
         from pipeline.errors import ConfigError
 

@@ -23,7 +23,7 @@ from pipeline.model.backends import check_options, describe_loaded, get_backend,
 from pipeline.model.loading import load_model, load_tokenizer, model_load_errors
 from pipeline.model.skeleton import build_meta_model
 from pipeline.outputs import report, tracking
-from pipeline.outputs.rundir import RunDirectory, write_resolved_config
+from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
 from pipeline.train import resume as resume_lib
 from pipeline.train.precision import Precision, resolve_precision
 
@@ -68,13 +68,14 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
     previous = run_dir.read_summary() or {}
     if point is not None and previous.get("status") == "completed":
         return nothing_left_to_train(run_dir)
-    backend = get_backend(run.backend)  # first: the Unsloth backend must patch transformers before it loads
-    precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
-    check_options(run, precision.device)
     started, summary, trainer, wandb_run = time.time(), running_summary(run, run_dir), None, None
-    metrics = None
+    metrics = precision = None
     try:
-        data = setup_data(run)
+        raw = read_data(run)  # mistakes in the data cost no model import
+        backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
+        precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
+        check_options(run, precision.device)
+        data = setup_data(run, raw)
         built = setup_model(run, context, backend, precision)
         summary.update(describe_setup(run, context, precision, data, built, run_dir))
         from pipeline.train.callbacks import GracefulStop, MetricsFile, NumericalGuard
@@ -108,6 +109,11 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         summary["status"] = "interrupted"
         raise
     except Exception as error:
+        fault = run_dir.write_fault(error)  # a full disk or read-only directory: one line, not a traceback
+        if fault is not None:
+            run_dir.remove_partial_writes()
+            summary.update(status="failed", error=fault.line())
+            raise fault from error
         summary.update(status="failed", error=first_line(error))
         raise
     finally:
@@ -128,6 +134,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
         if previous is not None:
             raise ConfigError("hydra.run.dir", f"{path} already holds a {previous.get('status', 'earlier')} run",
                               "continue it with resume=auto, or give this run another hydra.run.dir or name")
+        write_hydra_files(path, context.hydra_files)
         write_resolved_config(path, to_plain_dict(run))
         return run_dir, None
     saved = path / "config.resolved.yaml"
@@ -138,6 +145,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
     point = resume_lib.find_resume_point(run.resume, run_dir)
     if (previous or {}).get("status") == "completed":
         return run_dir, point  # nothing is written: the run is reported as it is
+    write_hydra_files(path, context.hydra_files)
     write_resolved_config(path, to_plain_dict(run))
     log.info("resume: %s", f"from {point.checkpoint} (step {point.step})" if point.checkpoint else
              f"no complete checkpoint in {run_dir.checkpoints}: starting at step 0")
@@ -166,11 +174,16 @@ def forget_run(run_dir: RunDirectory) -> None:
 
 # --- the stages ---------------------------------------------------------------------------------------------------
 
-def setup_data(run: TrainConfig) -> Data:
-    """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
+def read_data(run: TrainConfig) -> formats.Raw:
+    """The rows as read, their format and required fields checked (no tokenizer needed yet)."""
     sources.quiet_progress_bars()
+    return formats.read(run.data)
+
+
+def setup_data(run: TrainConfig, raw: formats.Raw) -> Data:
+    """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
     tokenizer = load_tokenizer(run)
-    built = formats.build(run.data, tokenizer, run.seed)
+    built = formats.build(run.data, tokenizer, run.seed, raw)
     prepared = prepare.prepare(built, tokenizer, run)
     t = run.trainer
     if t.per_device_train_batch_size * t.gradient_accumulation_steps > len(prepared.train):
@@ -306,16 +319,20 @@ def save(run_dir: RunDirectory, trainer: Any, tokenizer: Any) -> None:
 
 
 def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, summary: dict, trainer: Any,
-               metrics: Any, started: float, precision: Precision, wandb_run: Any) -> None:
+               metrics: Any, started: float, precision: Precision | None, wandb_run: Any) -> None:
     """summary.json, loss.png, W&B's summary: written whatever happened, so a failed sweep job explains itself."""
     rows = metrics.rows if metrics is not None else []
+    report.close_progress_bars(trainer)
     summary.update(report.training_facts(trainer.state if trainer is not None else None, rows,
-                                         time.time() - started, precision.device))
+                                         time.time() - started, precision.device if precision else "cpu"))
     if summary["status"] != "running":
         summary.pop("pid", None)
     run_dir.write_summary(summary)
     if rows:
-        report.plot_loss(run_dir.path, rows, tracking.run_name(run, context))
+        try:
+            report.plot_loss(run_dir.path, rows, tracking.run_name(run, context))
+        except OSError as error:  # a full disk: the summary above is what counts
+            log.warning("loss.png not written: %s", first_line(error))
     tracking.finish(wandb_run, summary, exit_code=0 if summary["status"] == "completed" else 1)
     report.print_summary(summary, run_dir.path)
 

@@ -11,10 +11,14 @@ from typing import Any
 
 
 def get_backend(name: str) -> ModuleType:
-    if name == "unsloth":
-        from pipeline.model.backends import unsloth as backend
-    else:
-        from pipeline.model.backends import hf as backend
+    from pipeline.outputs.logs import prints_to_log, route_library_logs
+
+    with prints_to_log(name):  # Unsloth prints a banner on import: it goes to the log file
+        if name == "unsloth":
+            from pipeline.model.backends import unsloth as backend
+        else:
+            from pipeline.model.backends import hf as backend
+    route_library_logs()
     return backend
 
 
@@ -55,7 +59,7 @@ def lora_kwargs(lora: Any, resolution: Any) -> dict:
 # Unsloth's GPU path refuses these LoRA initialisations on a quantized base (they need 16-bit weights), and its
 # CPU backend refuses pissa and olora outright; CorDA needs a preprocessing pass Unsloth only runs when asked to.
 UNSLOTH_INIT_REFUSED = {
-    ("cuda", True): {"pissa", "corda", "loftq"},
+    ("cuda", True): {"pissa", "corda"},
     ("cuda", False): {"corda"},
     ("cpu", True): {"pissa", "olora", "corda"},
     ("cpu", False): {"pissa", "olora", "corda"},

@@ -1,0 +1,398 @@
+"""The error catalog: every bad input and fault we know of, in one table, through the real CLI.
+
+The contract (README, "Mistakes are one line"): a mistake gives exit code 2 and one line on stderr,
+`error: <dotted.key>: <problem>. <fix>`, no traceback, no library chatter on stdout, and nothing left on disk that
+looks like a run. A fault during a run (full disk, NaN) gives one line, exit 1, and a `summary.json` that says
+`failed` and why. Settings this machine cannot honour are replaced with a note the run prints and records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO, offline_env
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+PROGRESS_BAR = re.compile(r"\d+%\||it/s\]|s/it\]|^\s*(\x1b\[A)?\s*$")
+OUR_LOG_LINE = re.compile(r"^\[[^\]]+\]\[(pipeline[\w.]*|HYDRA)\]")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    args: tuple[str, ...]
+    line: str                      # the error line starts with this (a success case: a line stdout must hold)
+    command: str = "pipeline.train"
+    exit: int = 2
+    lines: int = 1                 # lines on stderr, progress bars aside
+    files: tuple[tuple[str, bytes], ...] = ()   # written under {tmp} first
+    env: tuple[tuple[str, str | None], ...] = ()  # None: removed from the environment
+    leaves: tuple[str, ...] = ()   # what the run directory holds after (empty: no run directory at all)
+    status: str | None = None      # summary.json's status, when one is left
+    setup: str | None = None       # "completed", "locked", "resumable", "tmpfs:<size>", "ro", "sigterm", "sigint"
+    multirun: bool = False
+    says: str = ""                 # a line our own log must also print (stdout)
+
+
+def train(name: str, *args: str, line: str, **kw) -> Case:
+    return Case(name, ("experiment=quickstart", "logger=none", *args), line, **kw)
+
+
+def data(name: str, content: str | bytes, *args: str, line: str, file: str = "data.jsonl", **kw) -> Case:
+    raw = content.encode() if isinstance(content, str) else content
+    return train(name, "data.format=auto", f"data.source={{tmp}}/{file}", *args, line=line,
+                 files=((file, raw),), **kw)
+
+
+CASES = [
+    # --- config values: caught before anything heavy is imported -------------------------------------------------
+    train("unknown key with a synonym", "lora.rank=8", line="error: lora.rank: unknown key. Did you mean 'lora.r'?"),
+    train("rank zero", "lora.r=0", line="error: lora.r: 0 is out of range"),
+    train("dropout above one", "lora.dropout=1.5", line="error: lora.dropout: 1.5 is out of range"),
+    train("alpha negative", "lora.alpha=-1", line="error: lora.alpha: -1 is out of range"),
+    train("rank not a number", "lora.r=sixteen", line="error: lora.r: 'sixteen' is not an integer"),
+    train("unknown trainer key", "trainer.lr=1e-4",
+          line="error: trainer.lr: unknown key. Did you mean 'trainer.learning_rate'?"),
+    train("added key with a synonym", "+lora.rank=8", line="error: lora.rank: unknown key. Did you mean 'lora.r'?"),
+    train("added unknown key", "+trainer.foo=1", line="error: trainer.foo: unknown key"),
+    train("top-level synonym", "lr=1e-4", line="error: lr: unknown key. Did you mean 'trainer.learning_rate'?"),
+    train("unknown top-level key", "foo=1", line="error: foo: unknown key. Choose one of: backend, data"),
+    train("required value null", "model.name=null", line="error: model.name: cannot be null"),
+    train("list given a word", "lora.target_modules=q", line="error: lora.target_modules: expects a list"),
+    train("mapping given a number", "data.columns=5", line="error: data.columns: 5 is not a mapping"),
+    train("learning rate above one", "trainer.learning_rate=2", line="error: trainer.learning_rate: 2.0 is out of"),
+    train("learning rate a list", "trainer.learning_rate=[1,2]",
+          line="error: trainer.learning_rate: '[1, 2]' is not a number"),
+    train("broken interpolation", "trainer.learning_rate=${oops}",
+          line="error: trainer.learning_rate: cannot resolve its interpolation: Interpolation key 'oops' not found"),
+    train("unclosed bracket", "lora.target_modules=[q_proj",
+          line="error: lora.target_modules: cannot parse the override (no viable alternative at input '[q_proj')"),
+    train("seed not a number", "seed=abc", line="error: seed: 'abc' is not an integer"),
+    train("negative max_steps", "trainer.max_steps=-5", line="error: trainer.max_steps: -5 is out of range"),
+    train("batch size zero", "trainer.per_device_train_batch_size=0",
+          line="error: trainer.per_device_train_batch_size: 0 is out of range"),
+    train("accumulation zero", "trainer.gradient_accumulation_steps=0",
+          line="error: trainer.gradient_accumulation_steps: 0 is out of range"),
+    train("negative warmup", "trainer.warmup_steps=-1", line="error: trainer.warmup_steps: -1.0 is out of range"),
+    train("keep zero checkpoints", "trainer.save_total_limit=0",
+          line="error: trainer.save_total_limit: 0 is out of range"),
+    train("unknown scheduler", "trainer.lr_scheduler_type=bogus",
+          line="error: trainer.lr_scheduler_type: 'bogus' is not allowed"),
+    train("misspelt optimizer", "trainer.optim=adamw_9bit",
+          line="error: trainer.optim: 'adamw_9bit' is not allowed. Did you mean 'adamw_8bit'?"),
+    train("negative val_size", "data.val_size=-0.1", line="error: data.val_size: -0.1 is out of range"),
+    train("format not offered", "data.format=csv", line="error: data.format: 'csv' is not allowed"),
+    train("overlength policy unknown", "data.overlength=cut", line="error: data.overlength: 'cut' is not allowed"),
+    train("loss_on unknown", "data.loss_on=everything", line="error: data.loss_on: 'everything' is not allowed"),
+    train("max_length negative", "data.max_length=-1", line="error: data.max_length: -1 is out of range"),
+    train("max_samples zero", "data.max_samples=0", line="error: data.max_samples: 0 is out of range"),
+    train("max_seq_length zero", "model.max_seq_length=0", line="error: model.max_seq_length: 0 is out of range"),
+    train("dtype unknown", "model.dtype=float8", line="error: model.dtype: 'float8' is not allowed"),
+    train("bits unknown", "quantization.bits=3", line="error: quantization.bits: '3' is not allowed"),
+    train("quant type unknown", "quantization.quant_type=int4",
+          line="error: quantization.quant_type: 'int4' is not allowed. Did you mean 'nf4'?"),
+    train("bias unknown", "lora.bias=some", line="error: lora.bias: 'some' is not allowed"),
+    train("backend unknown", "backend=vllm", line="error: backend: 'vllm' is not allowed"),
+    train("init weights loftq", "lora.init_weights=loftq",
+          line="error: lora.init_weights: 'loftq' is not allowed"),
+    train("init weights refused by Unsloth on CPU", "lora.init_weights=pissa",
+          line="error: lora.init_weights: 'pissa' is refused by Unsloth's CPU backend"),
+    train("full training of a projection on Unsloth", "lora.modules_to_save=[q_proj]",
+          line="error: lora.modules_to_save: 'q_proj' cannot be trained in full by Unsloth"),
+    train("pre-quantized repo with other settings", "model.name=unsloth/Llama-3.2-1B-bnb-4bit", "quantization=int8",
+          line="error: quantization: model.name 'unsloth/Llama-3.2-1B-bnb-4bit' is already quantized"),
+    train("name with a path in it", "name=/../../x", line="error: name: /../../x is out of range"),
+    train("name with a space", "name=my run", line="error: name: my run is out of range"),
+    train("online logging without a key", "logger=wandb", "logger.mode=online",
+          line="error: logger.mode: online needs W&B credentials"),
+    train("logger mode unknown", "logger=wandb", "logger.mode=loud", line="error: logger.mode: 'loud' is not allowed"),
+    # --- config groups ----------------------------------------------------------------------------------------------
+    train("group option misspelt", "quantization=nf5",
+          line="error: quantization: unknown option 'nf5'. Did you mean 'nf4'?"),
+    train("group given a number", "model=5", line="error: model: 5 is not an option name"),
+    train("data group given a number", "data=1.5", line="error: data: 1.5 is not an option name"),
+    train("target preset unknown", "lora/target_modules=attn", line="error: lora/target_modules: unknown option"),
+    train("experiment unknown", "experiment=nosuch", line="error: experiment: unknown option 'nosuch'"),
+    train("model preset unknown", "model=nosuch", line="error: model: unknown option 'nosuch'"),
+    train("logger unknown", "logger=nosuch", line="error: logger: unknown option 'nosuch'"),
+    # --- where the run goes ---------------------------------------------------------------------------------------
+    train("run dir under /proc", "hydra.run.dir=/proc/x",
+          line="error: hydra.run.dir: cannot create /proc/x: No such file or directory"),
+    train("run dir on a read-only disk", line="error: hydra.run.dir: cannot create {tmp}/ro/run: Read-only file "
+          "system", setup="ro"),
+    train("run dir where a file is", "hydra.run.dir={tmp}/a-file/run", line="error: hydra.run.dir: cannot create",
+          files=(("a-file", b"x"),)),
+    train("resume a folder that is no run", "resume={tmp}/nothing-here",
+          line="error: resume: {tmp}/nothing-here is not a run directory"),
+    train("a completed run is not overwritten", line="error: hydra.run.dir: {run} already holds a completed run",
+          setup="completed", leaves=("summary.json",), status="completed"),
+    train("a run directory in use", line="error: hydra.run.dir: {run} is in use by a running training",
+          setup="locked", leaves=(".lock",)),
+    train("resume with another LoRA shape", "resume=auto", "lora.r=8",
+          line="error: resume: the config differs from the run's in lora.r (16 -> 8)",
+          setup="resumable", leaves=("config.resolved.yaml", "summary.json"), status="interrupted"),
+    # --- data: the file itself ---------------------------------------------------------------------------------------
+    train("data file missing", "data.source=missing/file.jsonl",
+          line="error: data.source: file not found: missing/file.jsonl"),
+    train("eval file missing", "data.val_size=0", "data.eval_source={tmp}/nope.jsonl",
+          line="error: data.eval_source: file not found: {tmp}/nope.jsonl"),
+    data("malformed JSONL line", MESSAGES_ROW + '{"messages": [oops\n',
+         line="error: data.source: {tmp}/data.jsonl:2: not valid JSON"),
+    data("JSONL line not an object", "[1, 2]\n", line="error: data.source: {tmp}/data.jsonl:1: a JSONL line must be"),
+    data("bytes that are not UTF-8", b'{"messages": [{"role": "user", "content": "h\xff\xfei"}]}\n',
+         line="error: data.source: {tmp}/data.jsonl:1: not UTF-8 text"),
+    data("empty file", "", line="error: data.source: the dataset is empty"),
+    data("blank lines only", "\n\n", line="error: data.source: the dataset is empty"),
+    data("file type not read", "<x/>", file="data.xml", line="error: data.source: cannot read {tmp}/data.xml"),
+    train("glob matching nothing", "data.source={tmp}/none-*.jsonl", line="error: data.source: no data files match"),
+    train("folder without data files", "data.source={tmp}/sub", files=(("sub/notes.md", b"x"),),
+          line="error: data.source: no data files match {tmp}/sub"),
+    data("CSV that cannot be parsed", 'a,b\n"1,2\n', file="data.csv", line="error: data.source: cannot parse"),
+    train("sources with different columns", "data.source=[{tmp}/a.jsonl,{tmp}/b.jsonl]",
+          files=(("a.jsonl", MESSAGES_ROW.encode()), ("b.jsonl", b'{"text": "x"}\n')),
+          line="error: data.source: {tmp}/b.jsonl has columns ['text'] but {tmp}/a.jsonl has"),
+    # --- data: rows and columns ------------------------------------------------------------------------------------
+    data("messages given as a string", '{"messages": "hello"}\n',
+         line="error: data.source: sample 0: 'messages' is a str, not a list of messages"),
+    data("messages holding numbers", '{"messages": [1, 2]}\n',
+         line="error: data.source: sample 0: 'messages' is a list of int, not a list of messages"),
+    data("columns of no known format", '{"foo": 1}\n', line="error: data.format: cannot tell the format from"),
+    data("role not known", '{"messages": [{"role": "bot", "content": "x"}]}\n',
+         line="error: data.source: sample 0 has a message with role 'bot'"),
+    data("message without content", '{"messages": [{"role": "user", "content": null}]}\n',
+         line="error: data.source: sample 0 has a user message with no content"),
+    data("conversation with no turns", '{"messages": []}\n' + MESSAGES_ROW,
+         line="error: data.source: sample 0 has no 'messages'"),
+    data("no conversation has an answer", '{"messages": [{"role": "user", "content": "a question"}]}\n',
+         "data.val_size=0", line="error: data.source: none of its 1 conversations has an assistant answer"),
+    data("alpaca with an empty output", '{"instruction": "a", "output": ""}\n',
+         line="error: data.source: sample 0 has an empty 'output'"),
+    data("CSV with a gap", "instruction,output\na,\n", file="data.csv",
+         line="error: data.source: sample 0 has an empty 'output'"),
+    data("sharegpt speaker unknown", '{"conversations": [{"from": "robot", "value": "x"}]}\n',
+         line="error: data.format: a conversation turn has role 'robot'"),
+    data("format forced against the columns", MESSAGES_ROW, "data.format=alpaca",
+         line="error: data.format: format 'alpaca' needs columns ['instruction', 'output']"),
+    data("column map names a missing column", MESSAGES_ROW, "data.columns={messages: nosuch}",
+         line="error: data.columns.messages: column 'nosuch' is not in {tmp}/data.jsonl"),
+    train("eval data with other columns", "data.val_size=0", "data.eval_source={tmp}/eval.jsonl",
+          files=(("eval.jsonl", b'{"text": "x"}\n'),),
+          line="error: data.format: format 'messages' needs columns ['messages']"),
+    train("eval data malformed", "data.val_size=0", "data.eval_source={tmp}/eval.jsonl",
+          files=(("eval.jsonl", b'{"messages": [oops\n'),), line="error: data.eval_source: {tmp}/eval.jsonl:1: not"),
+    train("eval data empty", "data.val_size=0", "data.eval_source={tmp}/eval.jsonl", files=(("eval.jsonl", b""),),
+          line="error: data.eval_source: the dataset is empty"),
+    train("val_size takes every sample", "data.val_size=100", line="error: data.val_size: 100.0 leaves no training"),
+    train("sample over the limit with overlength=raise", "data.max_length=16", "data.overlength=raise",
+          line="error: data.overlength: 64 train samples are longer than 16 tokens"),
+    train("effective batch above the data", "trainer.gradient_accumulation_steps=20",
+          line="error: trainer.gradient_accumulation_steps: an effective batch of 4 x 20 is larger than the 64"),
+    # --- the model -------------------------------------------------------------------------------------------------
+    train("hub model offline", "model.name=no-such-org/no-such-model",
+          line="error: model.name: cannot load 'no-such-org/no-such-model'"),
+    train("local model folder missing", "model.name=/no/such/model",
+          line="error: model.name: no such local folder: /no/such/model"),
+    train("hub dataset offline", "data.source=no-such-org/no-such-dataset",
+          line="error: data.source: cannot load hub dataset"),
+    train("rank wider than a layer", "lora.r=33",
+          line="error: lora.r: 33 is larger than the narrowest adapted layer (32 wide)"),
+    train("target module the model lacks", "lora.target_modules=[q_proj,foo_proj]",
+          line="error: lora.target_modules: 'foo_proj' matches no linear layer of this model"),
+    train("target role unknown", "lora.target_modules=[qq]",
+          line="error: lora.target_modules: 'qq' matches no linear layer of this model"),
+    train("hf backend: target module the model lacks", "backend=hf", "lora.target_modules=[nope_proj]",
+          line="error: lora.target_modules: 'nope_proj' matches no linear layer"),
+    # --- the environment ------------------------------------------------------------------------------------------
+    train("WANDB_MODE not a mode", "logger=wandb", env=(("WANDB_MODE", "bogus"),),
+          line="error: WANDB_MODE: 'bogus' is not a W&B mode"),
+    train("hub unreachable, not offline", "model.name=no-such-org/no-such-model",
+          env=(("HF_HUB_OFFLINE", None), ("HF_DATASETS_OFFLINE", None), ("TRANSFORMERS_OFFLINE", None),
+               ("HF_ENDPOINT", "https://hub.invalid")),
+          line="error: model.name: cannot load 'no-such-org/no-such-model'",
+          says="the hub (hub.invalid) cannot be reached"),  # probed once: no minute of retries first
+    # --- the other commands ---------------------------------------------------------------------------------------
+    Case("plan: rank zero", ("lora.r=0",), "error: lora.r: 0 is out of range", command="pipeline.plan"),
+    Case("plan: unknown key", ("lora.rank=8",), "error: lora.rank: unknown key", command="pipeline.plan"),
+    Case("plan: model unknown", ("model=nosuch",), "error: model: unknown option 'nosuch'", command="pipeline.plan"),
+    Case("plan: target module missing", ("lora.target_modules=[foo_proj]",),
+         "error: lora.target_modules: 'foo_proj' matches no linear layer", command="pipeline.plan"),
+    Case("plan: group given a number", ("model=7",), "error: model: 7 is not an option name", command="pipeline.plan"),
+    Case("plan: unparsable override", ("lora.target_modules=[q",), "error: lora.target_modules: cannot parse",
+         command="pipeline.plan"),
+    Case("plan: local model missing", ("model.name=/no/such",), "error: model.name: ", command="pipeline.plan"),
+    Case("preprocess: unknown key", ("lora.rank=8",), "error: lora.rank: unknown key", command="pipeline.preprocess"),
+    Case("preprocess: data file missing", ("data.source=/no/such.jsonl",),
+         "error: data.source: file not found: /no/such.jsonl", command="pipeline.preprocess"),
+    Case("preprocess: malformed JSONL", ("data.source={tmp}/data.jsonl",),
+         "error: data.source: {tmp}/data.jsonl:1: not valid JSON", command="pipeline.preprocess",
+         files=(("data.jsonl", b"{oops\n"),)),
+    Case("preprocess: model missing", ("model.name=/no/such",), "error: model.name: no such local folder",
+         command="pipeline.preprocess"),
+    Case("preprocess: overlength raise", ("data.max_length=16", "data.overlength=raise"),
+         "error: data.overlength: 64 train samples are longer", command="pipeline.preprocess"),
+    # --- sweeps ----------------------------------------------------------------------------------------------------
+    train("sweep: every failed job listed", "lora.r=0,33", line="2 job(s) failed:", lines=3, multirun=True),
+    train("sweep: data errors in every job", "data.source={tmp}/a.jsonl,{tmp}/b.jsonl",
+          line="2 job(s) failed:", lines=3, multirun=True),
+    train("sweep dir under /proc", "lora.r=2,4", "hydra.sweep.dir=/proc/y",
+          line="error: hydra.sweep.dir: cannot create /proc/y", multirun=True),
+    # --- signals and faults during a run ---------------------------------------------------------------------------
+    train("SIGTERM during set-up", "trainer.max_steps=400", line="interrupted: SIGTERM outside the training loop",
+          exit=143, setup="sigterm"),
+    train("Ctrl-C during set-up", "trainer.max_steps=400", line="interrupted: stopped at once", exit=130,
+          setup="sigint"),
+    train("disk full during training", line="error: hydra.run.dir: cannot write to {run}: no space left on device",
+          exit=1, setup="tmpfs:800k", status="failed",
+          leaves=("summary.json", "config.resolved.yaml", "checkpoints", "metrics.jsonl")),
+    # --- settings this machine cannot run: replaced, said, recorded ------------------------------------------------
+    train("fp16 on CPU", "model.dtype=float16", "trainer.max_steps=4", exit=0, lines=-1, status="completed",
+          line="note: model.dtype=float16", leaves=("summary.json", "adapter")),
+    train("8-bit optimizer without CUDA", "trainer.optim=adamw_8bit", "trainer.max_steps=4", exit=0, lines=-1,
+          status="completed", line="note: trainer.optim=adamw_8bit", leaves=("summary.json", "adapter")),
+    train("packing packs", "data.packing=true", "trainer.max_steps=4", "backend=hf", exit=0, lines=-1,
+          status="completed", line="packing: 64 samples -> ", leaves=("summary.json", "adapter")),
+    train("W&B key with no network", "logger=wandb", "trainer.max_steps=4", exit=0, lines=-1, status="completed",
+          env=(("WANDB_API_KEY", "x" * 40), ("WANDB_BASE_URL", "https://api.wandb.invalid")),
+          line="W&B: ", leaves=("summary.json", "adapter")),
+]
+
+
+def test_the_catalog_has_at_least_100_cases() -> None:
+    assert len(CASES) >= 100
+    assert len({case.name for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_catalog(case: Case, tmp_path: Path, home: Path) -> None:
+    own_disk = (case.setup or "").startswith(("tmpfs", "ro"))  # the run directory on a filesystem of its own
+    run_dir = tmp_path / (case.setup or "")[:2] / "run" if own_disk else tmp_path / "run"
+    def fill(text: str) -> str:  # not str.format: overrides hold ${...} of their own
+        return text.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir))
+
+    for name, content in case.files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    args = [fill(arg) for arg in case.args]
+    if case.multirun:
+        args = ["-m", *args] + ([] if any(a.startswith("hydra.sweep.dir=") for a in args) else
+                                [f"hydra.sweep.dir={run_dir}"])
+    elif not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={run_dir}")
+    env = offline_env(home)
+    for key, value in case.env:
+        env.pop(key, None) if value is None else env.__setitem__(key, value)
+    expected = fill(case.line)
+    result, run_dir = run_with_setup(case, [sys.executable, "-m", case.command, *args], env, tmp_path, run_dir)
+    stderr, stdout = result.stderr, result.stdout
+
+    assert result.returncode == case.exit, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr
+    assert case.says in stdout
+    if case.exit == 0:
+        assert any(expected in line for line in stdout.splitlines()), stdout[-3000:]
+    else:
+        lines = [line for line in re.split(r"[\r\n]", stderr) if not PROGRESS_BAR.search(line)]
+        assert len(lines) == case.lines, stderr[-3000:]
+        assert lines[0 if case.lines == 1 else -case.lines].startswith(expected), lines
+        if case.lines > 1:  # a sweep: each failed job has its own error line
+            assert all(" error: " in line for line in lines[-case.lines + 1:]), lines
+        if case.setup is None or not case.setup.startswith(("tmpfs", "sig")):
+            chatter = [line for line in stdout.splitlines() if line.strip() and not OUR_LOG_LINE.match(line)]
+            assert chatter == [], chatter  # libraries log to the run's log file, not the terminal
+    check_left_on_disk(case, run_dir)
+
+
+def check_left_on_disk(case: Case, run_dir: Path) -> None:
+    if case.multirun:
+        assert not any(run_dir.glob("*/summary.json"))  # no job got far enough to look like a run
+        return
+    if case.setup in ("sigterm", "sigint"):  # where the signal lands in set-up decides what was written
+        summary = run_dir / "summary.json"
+        assert not summary.exists() or json.loads(summary.read_text())["status"] == "interrupted"
+        assert not (run_dir / "adapter").exists()
+        return
+    if not case.leaves:
+        assert not run_dir.exists() or not any(run_dir.iterdir()), sorted(p.name for p in run_dir.iterdir())
+        return
+    present = {p.name for p in run_dir.iterdir()}
+    assert set(case.leaves) <= present, present
+    if case.setup in ("completed", "locked", "resumable"):
+        assert ".hydra" not in present  # a refused run writes no record of itself into another run's directory
+    assert not any(name.endswith(".tmp") for name in present), present
+    if case.status:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == case.status
+        if case.status == "failed":
+            assert summary["error"].startswith(case.line.replace("{run}", summary["run_dir"]))
+            assert "adapter" not in present
+            assert all((p / "trainer_state.json").is_file() for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+
+
+def run_with_setup(case: Case, command: list[str], env: dict, tmp_path: Path,
+                   run_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run `command` after building what the case needs: a run directory in some state, a small or read-only disk,
+    a signal during set-up."""
+    setup = case.setup or ""
+    if setup == "completed":
+        run_dir.mkdir()
+        (run_dir / "summary.json").write_text('{"status": "completed"}\n')
+    if setup == "resumable":
+        write_interrupted_run(run_dir)
+    if setup == "locked":
+        run_dir.mkdir()
+        holder = (run_dir / ".lock").open("a")
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running training holds it
+    if setup in ("sigterm", "sigint"):
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(3)  # inside set-up: composing, importing, preparing data
+        proc.send_signal(signal.SIGTERM if setup == "sigterm" else signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), run_dir
+    if setup.startswith("tmpfs:") or setup == "ro":
+        return run_on_own_filesystem(setup, command, env, run_dir)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return result, run_dir
+
+
+def run_on_own_filesystem(setup: str, command: list[str], env: dict,
+                          run_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """A tmpfs of its own (in a private mount namespace): small, to fill during training, or read-only. What the run
+    left is copied out before the namespace ends."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs `unshare -m` (root) to mount a small filesystem")
+    mount = run_dir.parent
+    mount.mkdir()
+    options = "size=1m,ro" if setup == "ro" else f"size={setup.split(':')[1]}"
+    copy = mount.parent / "run-copy"
+    script = (f"mount -t tmpfs -o {options} tmpfs {mount} && {{ {shlex.join(command)}; rc=$?; "
+              f"if [ -d {run_dir} ]; then cp -r {run_dir} {copy}; fi; exit $rc; }}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    return result, copy
+
+
+def write_interrupted_run(run_dir: Path) -> None:
+    """A run directory as an interrupted run leaves it: its resolved config (r=16) and summary."""
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.config.resolved import to_plain_dict
+    from pipeline.outputs.rundir import write_resolved_config
+
+    run_dir.mkdir()
+    write_resolved_config(run_dir, to_plain_dict(to_runconfig(compose("experiment=quickstart", "logger=none"))))
+    (run_dir / "summary.json").write_text('{"status": "interrupted"}\n')
