@@ -31,12 +31,13 @@ def test_trainer_settings_reach_sft_config(tmp_path: Path) -> None:
     datasets = Datasets(train=[], eval=[], format="messages", assistant_only_loss=True, completion_only_loss=False)
     from pipeline.compat import trl_sft_config
 
-    # TRL's own config class: Unsloth's CPU patch of trl.SFTConfig (imported by other tests) turns packing off
-    config = trl_sft_config()(**trainer.sft_config_kwargs(run, resolve_precision("auto", "hf", CPU), tmp_path,
-                                                          datasets, ["none"], "name"))
+    kwargs = trainer.sft_config_kwargs(run, resolve_precision("auto", "hf", CPU), tmp_path, datasets, ["none"], "name")
+    # TRL's own config class; packing is read from what we pass, since Unsloth's CPU backend, once imported in this
+    # process by another test, patches TrainingArguments.__post_init__ to turn it off (a run notes that)
+    config = trl_sft_config()(**kwargs)
     for key, value in TRAINER.items():
         assert getattr(config, key) == value, key
-    assert (config.seed, config.data_seed, config.max_length, config.packing) == (11, 11, 200, True)
+    assert (config.seed, config.data_seed, config.max_length, kwargs["packing"]) == (11, 11, 200, True)
     assert (config.eval_strategy, config.assistant_only_loss, config.output_dir) == ("steps", True, str(tmp_path))
 
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from pipeline.config import register_configs, register_resolvers, to_runconfig
 from pipeline.config.context import RunContext, from_hydra
 from pipeline.config.resolvers import REPO
+from pipeline.config.validate import to_afterconfig
 from pipeline.errors import (
     FAILED_JOBS,
     ConfigError,
@@ -27,7 +28,7 @@ from pipeline.errors import (
 from pipeline.model.hub import go_offline_if_unreachable
 
 CONF_DIR = str(REPO / "conf")  # absolute: the commands work from any directory
-HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log"}
+HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log", "export.log"}
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -66,6 +67,18 @@ def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
             raise
         report_and_exit(error)  # one line, exit 2, before Hydra adds its own report
         raise  # not reached: report_and_exit exits
+
+
+def run_after_command(cfg: DictConfig, work: Callable[[Any], T]) -> T:
+    """`run_command` for the commands that work on a finished run (`conf/after.yaml`)."""
+    try:
+        return work(to_afterconfig(cfg))
+    except ConfigError as error:
+        run_dir = _hydra_output_dir()
+        if run_dir is not None:
+            remove_if_only_hydra_files(run_dir)  # `run` named no run: Hydra made the folder for its log
+        report_and_exit(error)
+        raise
 
 
 def hydra_files(cfg: DictConfig) -> tuple[tuple[str, str], ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Any
 
@@ -11,6 +10,7 @@ from omegaconf import DictConfig
 
 from pipeline.cli.common import CONF_DIR, entry, remove_if_only_hydra_files, run_command
 from pipeline.config.context import RunContext
+from pipeline.train import stop
 
 
 def train(run: Any, context: RunContext) -> float | None:
@@ -31,18 +31,8 @@ def main(cfg: DictConfig) -> float | None:
     return run_command(cfg, train)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM before training started or after it ended: nothing to checkpoint, the run stops now."""
-
-    exit_code = 143
-
-
-def terminate(signum: int, frame: Any) -> None:
-    raise Terminated("interrupted: SIGTERM outside the training loop; complete checkpoints stay, resume=auto continues")
-
-
 def cli() -> None:
-    signal.signal(signal.SIGTERM, terminate)  # during training the trainer's graceful stop takes over
+    stop.install()  # during training the trainer's graceful stop takes over
     try:
         entry(main)()
     except KeyboardInterrupt as interrupt:

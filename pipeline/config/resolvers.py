@@ -51,3 +51,4 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("pipeline.repo_path", repo_path)
         OmegaConf.register_new_resolver("pipeline.suffix", run_dir_suffix)
         OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)
+        OmegaConf.register_new_resolver("pipeline.after_dir", lambda run: run or "outputs/no-run")

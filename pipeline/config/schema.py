@@ -138,6 +138,20 @@ class TrainConfig:
     resume: Optional[str] = None
 
 
+@dataclass
+class ExportConfig:
+    format: str = one_of("merged_16bit", "merged_16bit", "adapter", "gguf")
+    dtype: str = one_of("bfloat16", *DTYPES)
+    quantization: str = one_of("q4_k_m", "q4_k_m", "q8_0", "f16")
+
+
+@dataclass
+class AfterConfig:
+    """The commands that work on a finished run (export; generate and evaluate to come)."""
+    run: Optional[str] = None
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
 GROUPS = {"model": ModelConfig, "quantization": QuantizationConfig, "lora": LoraConfig, "data": DataConfig,
           "trainer": TrainerConfig, "logger": LoggerConfig}
 
@@ -146,5 +160,7 @@ def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore: `train.yaml` extends `schema`, each group file extends its node."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=TrainConfig)
+    cs.store(name="after_schema", node=AfterConfig)
+    cs.store(group="export", name="export_schema", node=ExportConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)

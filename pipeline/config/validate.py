@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from pipeline.config.schema import TrainConfig
+from pipeline.config.schema import AfterConfig, TrainConfig
 from pipeline.errors import ConfigError, did_you_mean
 
 
@@ -84,8 +84,17 @@ def schema_fields(schema: Any = TrainConfig, parent: str = "") -> list[tuple[str
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that type-checks but cannot work."""
-    reject_unknown_keys(cfg)
-    for key, f in schema_fields():
+    validate_values(cfg, TrainConfig)
+    for key in ("model.name", "data.source"):
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) in (None, "", []):
+            raise ConfigError(key, "is not set", f"pick a preset ({key.split('.')[0]}=...) or give {key}=...")
+    _validate_combinations(cfg)
+
+
+def validate_values(cfg: DictConfig, schema: Any) -> None:
+    """Unknown keys, then each field's allowed values and range, as the schema states them."""
+    reject_unknown_keys(cfg, schema)
+    for key, f in schema_fields(schema):
         value = OmegaConf.select(cfg, key, throw_on_missing=False)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
@@ -94,10 +103,6 @@ def validate(cfg: DictConfig) -> None:
             holds, must, example = f.metadata["check"]
             if not holds(value):
                 raise ConfigError(key, f"{value} is out of range: {must}", f"Use e.g. {key}={example}")
-    for key in ("model.name", "data.source"):
-        if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) in (None, "", []):
-            raise ConfigError(key, "is not set", f"pick a preset ({key.split('.')[0]}=...) or give {key}=...")
-    _validate_combinations(cfg)
 
 
 UNSLOTH_MODULES_TO_SAVE = ("lm_head", "embed_tokens")  # FastLanguageModel.get_peft_model's allow-list (+ norms)
@@ -127,13 +132,27 @@ def _validate_combinations(cfg: DictConfig) -> None:
 
 def to_runconfig(cfg: DictConfig) -> TrainConfig:
     """Validate and convert the composed config to typed dataclasses (what the rest of the pipeline sees)."""
-    try:
-        OmegaConf.to_container(cfg, resolve=True)  # every ${...} now: a broken one is named by its key
-    except InterpolationResolutionError as error:
-        key = getattr(error, "full_key", None) or "config"
-        raise ConfigError(key, f"cannot resolve its interpolation: {str(error).splitlines()[0].rstrip('.')}",
-                          "fix the ${...} reference, or quote a literal value") from error
+    resolve_interpolations(cfg)
     validate(cfg)
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, TrainConfig)
     return run
+
+
+def to_afterconfig(cfg: DictConfig) -> AfterConfig:
+    """The same boundary for the commands that work on a finished run (`conf/after.yaml`)."""
+    resolve_interpolations(cfg)
+    validate_values(cfg, AfterConfig)
+    after = OmegaConf.to_object(cfg)
+    assert isinstance(after, AfterConfig)
+    return after
+
+
+def resolve_interpolations(cfg: DictConfig) -> None:
+    """Every ${...} resolved now: a broken one is named by its key."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError(key, f"cannot resolve its interpolation: {str(error).splitlines()[0].rstrip('.')}",
+                          "fix the ${...} reference, or quote a literal value") from error

@@ -134,7 +134,6 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
     dataset = dataset.select_columns(["messages"])
-    _check_roles(dataset)
     if not responses:
         return dataset, False, False, 0
     with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
@@ -168,25 +167,30 @@ def _check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
                                   'write it as [{"role": ..., "content": ...}, ...]')
 
 
-def _check_roles(dataset: Any) -> None:
-    for index, messages in enumerate(dataset["messages"]):
+def _check_roles(conversations: list, key: str = "data.source") -> None:
+    for index, messages in enumerate(conversations):
         for turn in messages:
             if turn.get("role") not in MESSAGE_ROLES:
-                raise ConfigError("data.source", f"sample {index} has a message with role {turn.get('role')!r}",
+                raise ConfigError(key, f"sample {index} has a message with role {turn.get('role')!r}",
                                   f"use roles {', '.join(MESSAGE_ROLES)} (or map them in the file)")
             if turn.get("content") is None:
-                raise ConfigError("data.source", f"sample {index} has a {turn.get('role')} message with no content",
+                raise ConfigError(key, f"sample {index} has a {turn.get('role')} message with no content",
                                   "fill it in or remove the sample")
+
+
+def eval_count(val_size: float, available: int) -> int:
+    """How many samples data.val_size holds out of `available` (a fraction or a count); refused if it is all."""
+    count = int(val_size) if val_size >= 1 else max(1, round(available * val_size))
+    if count >= available:
+        raise ConfigError("data.val_size", f"{val_size} leaves no training samples out of {available}",
+                          "lower data.val_size")
+    return count
 
 
 def split(dataset: Any, val_size: float, seed: int) -> tuple[Any, Any]:
     if not val_size:
         return dataset, None
-    count = int(val_size) if val_size >= 1 else max(1, round(len(dataset) * val_size))
-    if count >= len(dataset):
-        raise ConfigError("data.val_size", f"{val_size} leaves no training samples out of {len(dataset)}",
-                          "lower data.val_size")
-    parts = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
+    parts = dataset.train_test_split(test_size=eval_count(val_size, len(dataset)), seed=seed, shuffle=True)
     return parts["train"], parts["test"]
 
 
@@ -206,13 +210,24 @@ def read(data: Any) -> Raw:
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
     _check_columns(dataset.column_names, fmt)
-    _check_rows(dataset, fmt)
+    _check_conversations(dataset, fmt)
     held_out = None
     if data.eval_source not in (None, "", []):
         held_out = load_source(data, data.eval_source, key="data.eval_source")
         _check_columns(held_out.column_names, fmt)
-        _check_rows(held_out, fmt, "data.eval_source")
+        _check_conversations(held_out, fmt, "data.eval_source")
+    elif data.val_size:
+        eval_count(data.val_size, len(dataset))  # checked now; the split itself follows normalization
     return Raw(dataset, held_out, fmt)
+
+
+def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> None:
+    """Required fields, then (conversations) every turn's role and content."""
+    _check_rows(dataset, fmt, key)
+    if fmt == "messages":
+        _check_roles(dataset["messages"], key)
+    elif fmt == "sharegpt":
+        _check_roles([_sharegpt_to_messages(row)["messages"] for row in dataset], key)
 
 
 def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None) -> Datasets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, first_line
@@ -17,11 +18,16 @@ def model_load_errors(name: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError) as error:
-        if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
-            raise ConfigError("model.name", f"no such local folder: {name}",
-                              "check the path (relative to where you run), or give a hub id") from error
+        check_local_model(name)
         raise ConfigError("model.name", f"cannot load '{name}': {first_line(error)}",
                           "check the hub id or local path, network access and HF_TOKEN for gated models") from error
+
+
+def check_local_model(name: str) -> None:
+    """A model.name that is a path must exist (checked before any import: a hub id is tried when loading)."""
+    if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
+        raise ConfigError("model.name", f"no such local folder: {name}",
+                          "check the path (relative to where you run), or give a hub id")
 
 
 def load_tokenizer(run: Any) -> Any:
@@ -43,3 +49,13 @@ def load_model(backend: Any, run: Any, precision: Any) -> Any:
 
     with model_load_errors(run.model.name), prints_to_log(run.backend):  # Unsloth prints what it loaded
         return backend.load(run, precision)
+
+
+def loaded_from_notes(run: Any, loaded: dict) -> list[str]:
+    """A line when the weights came from another repo than model.name (Unsloth's pre-quantized copies)."""
+    repo = loaded.get("repo")
+    if not repo or repo == run.model.name or Path(repo).resolve() == Path(run.model.name).resolve():
+        return []
+    return [f"model.name={run.model.name} was loaded from {repo} (Unsloth's pre-quantized copy: its own "
+            "quantization applies, some layers may stay 16-bit); set model.revision or quantization.* to load "
+            "the repo itself"]

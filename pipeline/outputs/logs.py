@@ -40,3 +40,10 @@ def route_library_logs() -> None:
     logging.captureWarnings(True)
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
+
+
+def quiet_progress_bars() -> None:
+    """transformers' loading and saving bars, for commands whose output is a few lines (export)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()

@@ -98,12 +98,14 @@ class RunDirectory:
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
         return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name.split("-")[-1]))
 
-    def save_adapter(self, model: Any, tokenizer: Any) -> None:
-        """The final adapter and tokenizer, whole or not at all: written beside, then renamed into place."""
+    def save_adapter(self, model: Any, tokenizer: Any, extra_files: dict[str, str] | None = None) -> None:
+        """The final adapter, tokenizer and `extra_files`, whole or not at all: written beside, then renamed."""
         staging, previous = self.path / "adapter.tmp", self.path / "adapter.previous"
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         if self.adapter.exists():
             shutil.rmtree(previous, ignore_errors=True)
             self.adapter.rename(previous)

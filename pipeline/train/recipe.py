@@ -19,12 +19,25 @@ from pipeline.config.schema import TrainConfig
 from pipeline.data import formats, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
 from pipeline.model import targets
-from pipeline.model.backends import check_options, describe_loaded, get_backend, loaded_quantization
-from pipeline.model.loading import load_model, load_tokenizer, model_load_errors
+from pipeline.model.backends import (
+    asked_quantization,
+    check_options,
+    describe_loaded,
+    get_backend,
+    loaded_quantization,
+)
+from pipeline.model.loading import (
+    check_local_model,
+    load_model,
+    load_tokenizer,
+    loaded_from_notes,
+    model_load_errors,
+)
 from pipeline.model.skeleton import build_meta_model
 from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
 from pipeline.train import resume as resume_lib
+from pipeline.train import stop
 from pipeline.train.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -71,12 +84,16 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
     started, summary, trainer, wandb_run = time.time(), running_summary(run, run_dir), None, None
     metrics = precision = None
     try:
+        check_local_model(run.model.name)
         raw = read_data(run)  # mistakes in the data cost no model import
-        backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
-        precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
+        precision = resolve_precision(run.model.dtype, run.backend)  # torch only: before any weight loads
         check_options(run, precision.device)
+        backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
+        stop.raise_if_requested()  # a Ctrl-C that the import swallowed
         data = setup_data(run, raw)
+        stop.raise_if_requested()
         built = setup_model(run, context, backend, precision)
+        stop.raise_if_requested()
         summary.update(describe_setup(run, context, precision, data, built, run_dir))
         from pipeline.train.callbacks import GracefulStop, MetricsFile, NumericalGuard
 
@@ -94,7 +111,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
             summary["status"] = "interrupted"
             raise RunInterrupted(graceful.exit_code, run_dir.path)
         evaluate_at_end(trainer, data, metrics, summary)
-        save(run_dir, trainer, data.tokenizer)
+        save(run_dir, trainer, data)
         summary["status"] = "completed"
     except RunFailed as error:
         summary.update(status="failed", error=error.line())
@@ -312,10 +329,17 @@ def evaluate_at_end(trainer: Any, data: Data, metrics: Any, summary: dict) -> No
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
 
 
-def save(run_dir: RunDirectory, trainer: Any, tokenizer: Any) -> None:
-    """The final adapter with the run's tokenizer, written whole or not at all."""
-    tokenizer.padding_side = "right"  # Unsloth's GPU trainer leaves it "left" (inference mode)
-    run_dir.save_adapter(trainer.model, tokenizer)
+def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
+    """The final adapter with the run's tokenizer and the reference an export checks itself against, written whole
+    or not at all."""
+    import json
+
+    from pipeline.after import reference
+
+    samples = reference.pick_samples(data.datasets.eval if data.datasets.eval is not None else data.datasets.train)
+    record = reference.record(trainer.model, samples)
+    data.tokenizer.padding_side = "right"  # Unsloth's GPU trainer leaves it "left" (inference mode)
+    run_dir.save_adapter(trainer.model, data.tokenizer, {reference.REFERENCE_FILE: json.dumps(record)})
 
 
 def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, summary: dict, trainer: Any,
@@ -373,19 +397,3 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "eval_samples": len(evaluation) if evaluation else 0, "data_format": data.source_format,
         "data_stats": data.prepared.stats_dict(), "notes": list(built.notes),
     }
-
-
-def loaded_from_notes(run: TrainConfig, loaded: dict) -> list[str]:
-    """A line when the weights came from another repo than model.name (Unsloth's pre-quantized copies)."""
-    from pathlib import Path
-
-    repo = loaded.get("repo")
-    if not repo or repo == run.model.name or Path(repo).resolve() == Path(run.model.name).resolve():
-        return []
-    return [f"model.name={run.model.name} was loaded from {repo} (Unsloth's pre-quantized copy: its own "
-            "quantization applies, some layers may stay 16-bit); set model.revision or quantization.* to load "
-            "the repo itself"]
-
-
-def asked_quantization(run: TrainConfig) -> str:
-    return "none" if run.quantization.bits == 16 else f"{run.quantization.bits}-bit"

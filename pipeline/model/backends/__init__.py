@@ -104,3 +104,7 @@ def describe_loaded(model: Any) -> dict[str, Any]:
 
     return {"repo": loaded_repo(model),
             "quantization_config": {k: quant.get(k) for k in keys if k in quant} if quant else None}
+
+
+def asked_quantization(run: Any) -> str:
+    return "none" if run.quantization.bits == 16 else f"{run.quantization.bits}-bit"

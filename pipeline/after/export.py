@@ -1,0 +1,223 @@
+"""Export a finished run: the adapter alone, a merged 16-bit model, or GGUF, each verified before it is written.
+
+The merge never goes into 4-bit weights: the base is reloaded unquantized, the adapter applied and merged in float32,
+then saved in 16 bits. Before the export is renamed into `<run>/export/<format>/`, the written files are loaded back
+and must (1) give the logits of base + adapter within a stated tolerance, (2) differ from the base in every adapted
+layer, and (3) stay near the per-token losses the run recorded on its own held-out samples when it ended. Before
+that, the base as the run loaded it (4-bit if it trained in 4-bit) with the adapter files must reproduce those
+losses exactly (so a changed adapter or another base is caught). The figures go into `export.json`; a failed
+check leaves no export behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.after import reference
+from pipeline.after.finished import FinishedRun
+from pipeline.errors import ConfigError
+from pipeline.outputs.rundir import write_atomically
+
+LOGIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 1.5e-2, "float16": 2e-3}  # of the largest logit, by saved dtype
+PROBE_POINTS = 64  # weights compared per adapted layer, base vs merged
+REPRODUCE_TOLERANCE = 0.01  # per-token loss, the run's own base and adapter against its record (seen here: 0.0)
+
+
+def export(run: FinishedRun, settings: Any) -> dict:
+    """Write the export `settings.format` asks for into `<run>/export/<format>/`; its figures are returned."""
+    target = run.path / "export" / settings.format
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if settings.format == "adapter":
+            figures = export_adapter(run, staging)
+        else:
+            figures = export_merged(run, staging, settings.dtype)
+            if settings.format == "gguf":
+                figures.update(convert_to_gguf(staging, settings.quantization, run))
+        figures.update(format=settings.format, run=str(run.path), model=run.config.model.name)
+        write_atomically(staging / "export.json", json.dumps(figures, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.parent.is_dir() and not any(target.parent.iterdir()):
+            target.parent.rmdir()  # a refused first export leaves no empty export/ behind
+    figures["path"] = str(target)
+    return figures
+
+
+def export_adapter(run: FinishedRun, staging: Path) -> dict:
+    """The adapter with its tokenizer and chat template, as PEFT loads it (`PeftModel.from_pretrained`)."""
+    shutil.copytree(run.adapter, staging)
+    return {"files": sorted(p.name for p in staging.iterdir())}
+
+
+def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = reference.read(run.adapter)
+    if record is None:
+        raise ConfigError("run", f"{run.adapter} has no {reference.REFERENCE_FILE} (a run from before exports were "
+                          "verified)", "train it again to export it verified, or use export.format=adapter")
+    samples = record["samples"]
+    reproduced = reproduce_training(run, samples)
+    model = run.config.model
+    base = AutoModelForCausalLM.from_pretrained(model.name, revision=model.revision, dtype=torch.float32,
+                                                trust_remote_code=model.trust_remote_code)
+    with_adapter = PeftModel.from_pretrained(base, run.adapter).eval()
+    expected = logits(with_adapter, samples)
+    with with_adapter.disable_adapter():
+        base_now = reference.token_losses(with_adapter, samples)
+    probes = weight_probes(with_adapter)
+    merged = with_adapter.merge_and_unload()
+    changed = sum(1 for name, (index, before) in probes.items()
+                  if not torch.equal(merged.get_submodule(name).weight.detach().flatten()[index], before))
+    merged.to(getattr(torch, dtype_name)).save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(run.adapter).save_pretrained(staging)  # with the run's chat template
+    del merged, with_adapter, base
+
+    written = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32).eval()
+    got = logits(written, samples)
+    losses = reference.token_losses(written, samples)
+    figures = {
+        "dtype": dtype_name,
+        "logits_max_abs_diff": float((got - expected).abs().max()),
+        "logits_tolerance": LOGIT_TOLERANCE[dtype_name] * max(float(expected.abs().max()), 1e-6),
+        "adapted_layers": len(probes), "layers_changed_by_merge": changed,
+        "samples": len(samples), "tokens": len(losses),
+        "reproduced_gap": reference.mean_gap(reproduced, record["trained"]),
+        "reproduced_tolerance": REPRODUCE_TOLERANCE,
+        "loss": reference.mean(losses), "recorded_loss": reference.mean(record["trained"]),
+        "recorded_base_loss": reference.mean(record["base"]),
+        "token_loss_gap": reference.mean_gap(losses, record["trained"]),
+        "token_loss_tolerance": reference.tolerance(record, base_now),
+    }
+    check(figures)
+    return figures
+
+
+def check(figures: dict) -> None:
+    """The export's three self-checks; the first that fails is the one line the user sees."""
+    if figures["logits_max_abs_diff"] > figures["logits_tolerance"]:
+        raise ConfigError("export", f"the merged model's logits differ from base + adapter by "
+                          f"{figures['logits_max_abs_diff']:.3g} (tolerance {figures['logits_tolerance']:.3g})",
+                          "try export.dtype=float32, or report it with export.json")
+    if figures["layers_changed_by_merge"] != figures["adapted_layers"]:
+        raise ConfigError("run", f"the merge changed {figures['layers_changed_by_merge']} of "
+                          f"{figures['adapted_layers']} adapted layers (an adapter with zero weights?)",
+                          "export a run whose adapter trained")
+    if figures["reproduced_gap"] > figures["reproduced_tolerance"]:
+        raise ConfigError("run", f"the base with this adapter, loaded as the run trained it, does not give the losses "
+                          f"the run recorded when it ended (off by {figures['reproduced_gap']:.3f} per token on "
+                          f"{figures['tokens']} held-out tokens; tolerance {figures['reproduced_tolerance']})",
+                          "the adapter files were changed after training, or model.name is not the base it was "
+                          "trained on: restore the adapter or retrain")
+    if figures["token_loss_gap"] > figures["token_loss_tolerance"]:
+        raise ConfigError("run", f"the merged model's losses on the run's held-out tokens differ from those recorded "
+                          f"at the end of training by {figures['token_loss_gap']:.3f} per token (tolerance "
+                          f"{figures['token_loss_tolerance']:.3f}; mean loss {figures['loss']:.4f}, recorded "
+                          f"{figures['recorded_loss']:.4f}, base {figures['recorded_base_loss']:.4f})",
+                          "the adapter files were changed after training, or model.name is not the base it was "
+                          "trained on: restore the adapter or retrain")
+
+
+def reproduce_training(run: FinishedRun, samples: list[dict]) -> list[float]:
+    """Per-token losses of the base as the run loaded it (its quantization and precision, the repo it really came
+    from) with the adapter from the files: equal to what the run recorded unless the adapter or base changed."""
+    import dataclasses
+
+    from peft import PeftModel
+
+    from pipeline.model.backends import hf
+    from pipeline.train.precision import resolve_precision
+
+    config = run.config
+    repo = (run.summary.get("loaded") or {}).get("repo") or config.model.name
+    as_loaded = dataclasses.replace(config, model=dataclasses.replace(config.model, name=repo))
+    base = hf.load(as_loaded, resolve_precision(config.model.dtype, "hf"))
+    losses = reference.token_losses(PeftModel.from_pretrained(base, run.adapter).eval(), samples)
+    del base
+    return losses
+
+
+def logits(model: Any, samples: list[dict]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(input_ids=torch.tensor([s["input_ids"]])).logits.float().flatten() for s in samples])
+
+
+def weight_probes(peft_model: Any) -> dict[str, tuple[Any, Any]]:
+    """For each adapted layer (by its name after merging): fixed positions of its base weight and their values."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    probes = {}
+    for name, module in peft_model.base_model.model.named_modules():
+        base_layer = getattr(module, "base_layer", None)
+        if base_layer is None or not hasattr(base_layer, "weight"):
+            continue
+        flat = base_layer.weight.detach().flatten()
+        index = torch.randint(0, flat.numel(), (PROBE_POINTS,), generator=generator)
+        probes[name] = (index, flat[index].clone())
+    return probes
+
+
+# --- GGUF, through llama.cpp's own converter ---------------------------------------------------------------------
+
+def llama_cpp_dir() -> Path | None:
+    """A llama.cpp checkout (or build) named by LLAMA_CPP_DIR or Unsloth's UNSLOTH_LLAMA_CPP_PATH."""
+    for variable in ("LLAMA_CPP_DIR", "UNSLOTH_LLAMA_CPP_PATH"):
+        if os.environ.get(variable) and (Path(os.environ[variable]) / "convert_hf_to_gguf.py").is_file():
+            return Path(os.environ[variable])
+    return None
+
+
+def check_gguf_tools(quantization: str) -> Path:
+    """Refuse, before anything is merged, a GGUF export this machine has no tools for."""
+    import importlib.util
+
+    folder = llama_cpp_dir()
+    if folder is None or importlib.util.find_spec("gguf") is None:
+        raise ConfigError("export.format", "gguf needs llama.cpp's convert_hf_to_gguf.py and the gguf package",
+                          "git clone https://github.com/ggml-org/llama.cpp, set LLAMA_CPP_DIR to it and "
+                          "pip install gguf (or export.format=merged_16bit and convert it yourself)")
+    if quantization not in ("f16", "q8_0") and quantizer(folder) is None:
+        raise ConfigError("export.quantization", f"{quantization} needs llama.cpp's llama-quantize, which is not "
+                          f"built in {folder}", "build it (cmake -B build && cmake --build build --target "
+                          "llama-quantize), or use export.quantization=q8_0 or f16")
+    return folder
+
+
+def quantizer(folder: Path) -> Path | None:
+    found = [p for p in (folder / "llama-quantize", folder / "build" / "bin" / "llama-quantize") if p.is_file()]
+    return found[0] if found else None
+
+
+def convert_to_gguf(merged_dir: Path, quantization: str, run: FinishedRun) -> dict:
+    """The verified merged model converted by llama.cpp's converter (and quantized), with an Ollama Modelfile."""
+    folder = check_gguf_tools(quantization)
+    name = run.config.name or run.path.name
+    direct = quantization in ("f16", "q8_0")
+    out = merged_dir / f"{name}-{quantization}.gguf"
+    first = out if direct else merged_dir / f"{name}-f16.gguf"
+    subprocess.run([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(merged_dir), "--outfile", str(first),
+                    "--outtype", quantization if direct else "f16"], check=True, capture_output=True)
+    if not direct:
+        subprocess.run([str(quantizer(folder)), str(first), str(out), quantization.upper()], check=True,
+                       capture_output=True)
+        first.unlink()
+    for weights in merged_dir.glob("*.safetensors"):
+        weights.unlink()  # the GGUF holds them
+    write_atomically(merged_dir / "Modelfile", f"FROM ./{out.name}\n"
+                     "# Ollama reads the chat template from the GGUF (tokenizer.chat_template)\n")
+    return {"gguf": out.name, "quantization": quantization}
