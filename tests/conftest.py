@@ -71,3 +71,15 @@ def target_presets() -> dict[str, list[str]]:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return presets()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One completed quickstart run (QLoRA, Unsloth backend) for the commands that work on a finished run; tests that
+    change it work on a copy."""
+    home = tmp_path_factory.mktemp("home")
+    run_dir = tmp_path_factory.mktemp("runs") / "done"
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=12",
+                     f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -97,16 +97,6 @@ def test_multirun_over_presets(tmp_path: Path, home: Path) -> None:
     assert runs["attention"]["trainable_params"] < runs["all_linear"]["trainable_params"]
 
 
-def test_one_failing_job_does_not_stop_the_sweep(tmp_path: Path, home: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora.target_modules=[nope_proj],[q_proj]",
-                     "logger=none", "trainer.max_steps=4", f"hydra.sweep.dir={sweep}", home=home)
-    assert result.returncode == 2
-    assert "error: lora.target_modules: 'nope_proj' matches no linear layer" in result.stderr
-    assert summary_of(sweep / "1")["status"] == "completed"
-    assert not (sweep / "0").exists()  # a config error leaves no run directory behind
-
-
 def test_a_sweep_lists_every_failed_job_with_its_own_line(tmp_path: Path, home: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora.r=0,33,8", "logger=none",
@@ -118,6 +108,7 @@ def test_a_sweep_lists_every_failed_job_with_its_own_line(tmp_path: Path, home: 
         in lines[-2]
     assert "error: lora.r: 33 is larger than the narrowest adapted layer" in lines[-1]
     assert summary_of(sweep / "2")["status"] == "completed"  # the good job still ran
+    assert not (sweep / "0").exists()  # a config error leaves no run directory behind
     assert "Traceback" not in result.stderr
 
 

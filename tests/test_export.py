@@ -12,17 +12,6 @@ from conftest import run_cli
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One completed quickstart run (QLoRA, Unsloth backend) the tests export; none of them changes it."""
-    home = tmp_path_factory.mktemp("home")
-    run_dir = tmp_path_factory.mktemp("runs") / "done"
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=12",
-                     f"hydra.run.dir={run_dir}", home=home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
-
-
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

@@ -16,8 +16,9 @@ from pipeline.outputs.rundir import is_complete_checkpoint
 
 pytestmark = pytest.mark.e2e
 # long enough to be stopped half-way on purpose; no eval split, so every step is training
-LONG = ["experiment=quickstart", "logger=none", "data.val_size=0", "trainer.max_steps=100", "trainer.save_steps=10",
-        "trainer.logging_steps=1", "trainer.save_total_limit=null"]
+STEPS = 60
+LONG = ["experiment=quickstart", "logger=none", "data.val_size=0", f"trainer.max_steps={STEPS}",
+        "trainer.save_steps=10", "trainer.logging_steps=1", "trainer.save_total_limit=null"]
 
 
 def start(home: Path, *overrides: str) -> subprocess.Popen:
@@ -65,7 +66,7 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
     result = run_cli("pipeline.train", *LONG, *setting, "resume=auto", f"hydra.run.dir={killed}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(killed)
-    assert summary["status"] == "completed" and summary["global_step"] == 100
+    assert summary["status"] == "completed" and summary["global_step"] == STEPS
     assert int(summary["resumed_from"].rsplit("-", 1)[-1]) >= 30  # the newest complete checkpoint
     expected, got = adapter_tensors(whole), adapter_tensors(killed)
     assert expected.keys() == got.keys()
@@ -73,7 +74,7 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
 
     assert all(torch.equal(expected[k], got[k]) for k in expected)  # bitwise
     steps = logged_steps(killed)
-    assert steps == sorted(set(steps)) and steps[-1] == 100  # each step once
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # each step once
     assert summary["final_loss"] == summary_of(whole)["final_loss"]
 
 
@@ -93,14 +94,14 @@ def test_sigint_stops_after_a_checkpoint_and_resume_completes(tmp_path: Path, ho
     stop_with(signal.SIGINT, run_dir, home, "logger=wandb")  # offline: no credentials here
     summary = summary_of(run_dir)
     wandb_id = summary["wandb_run_id"]
-    assert summary["status"] == "interrupted" and 10 <= summary["global_step"] < 100
+    assert summary["status"] == "interrupted" and 10 <= summary["global_step"] < STEPS
     newest = run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}"
     assert is_complete_checkpoint(newest)  # the step it stopped at was saved whole
     assert not (run_dir / "adapter").exists()  # an interrupted run has no final adapter
 
     result = run_cli("pipeline.train", *LONG, "logger=wandb", "resume=auto", f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 100
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == STEPS
     assert summary_of(run_dir)["wandb_run_id"] == wandb_id  # the same W&B run goes on
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{wandb_id}"))) == 2
 
@@ -113,47 +114,41 @@ def test_sigterm_stops_the_same_way_with_exit_143(tmp_path: Path, home: Path) ->
     assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")
 
 
-@pytest.fixture(scope="module")
-def completed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished run the tests below try to continue or overwrite (none of them changes it)."""
-    home = tmp_path_factory.mktemp("home")
-    run_dir = tmp_path_factory.mktemp("runs") / "done"
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
-                     f"hydra.run.dir={run_dir}", home=home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+# `finished_run` (conftest): one completed quickstart run of 12 steps the tests below try to continue or
+# overwrite; none of them changes it
+FINISHED_STEPS = 12
 
 
-def test_resume_refuses_a_changed_lora_shape(completed_run: Path, home: Path) -> None:
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4", "lora.r=8",
-                     "resume=auto", f"hydra.run.dir={completed_run}", home=home)
+def test_resume_refuses_a_changed_lora_shape(finished_run: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
+                     "lora.r=8", "resume=auto", f"hydra.run.dir={finished_run}", home=home)
     assert result.returncode == 2
     assert result.stderr.startswith("error: resume: the config differs from the run's in lora.r (16 -> 8)")
-    assert summary_of(completed_run)["status"] == "completed"  # untouched
+    assert summary_of(finished_run)["status"] == "completed"  # untouched
 
 
-def test_resuming_a_completed_run_trains_nothing(completed_run: Path, home: Path) -> None:
-    before = (completed_run / "adapter" / "adapter_model.safetensors").read_bytes()
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
-                     "trainer.logging_steps=1", "resume=auto", f"hydra.run.dir={completed_run}", home=home)
+def test_resuming_a_finished_run_trains_nothing(finished_run: Path, home: Path) -> None:
+    before = (finished_run / "adapter" / "adapter_model.safetensors").read_bytes()
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
+                     "trainer.logging_steps=1", "resume=auto", f"hydra.run.dir={finished_run}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "already completed at step 4: nothing left to train" in result.stdout + result.stderr
-    assert summary_of(completed_run)["global_step"] == 4
-    assert (completed_run / "adapter" / "adapter_model.safetensors").read_bytes() == before
-    elsewhere = completed_run.parent / "elsewhere"  # resume=<run dir>: the run is continued where it lives
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4",
-                     f"resume={completed_run}", f"hydra.run.dir={elsewhere}", home=home)
+    assert f"already completed at step {FINISHED_STEPS}: nothing left to train" in result.stdout + result.stderr
+    assert summary_of(finished_run)["global_step"] == FINISHED_STEPS
+    assert (finished_run / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    elsewhere = finished_run.parent / "elsewhere"  # resume=<run dir>: the run is continued where it lives
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
+                     f"resume={finished_run}", f"hydra.run.dir={elsewhere}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing left to train" in result.stdout + result.stderr and not elsewhere.exists()
 
 
-def test_a_completed_run_is_never_overwritten(completed_run: Path, home: Path) -> None:
-    before = (completed_run / "summary.json").read_text()
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"hydra.run.dir={completed_run}",
+def test_a_finished_run_is_never_overwritten(finished_run: Path, home: Path) -> None:
+    before = (finished_run / "summary.json").read_text()
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"hydra.run.dir={finished_run}",
                      home=home)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: hydra.run.dir: {completed_run} already holds a completed run")
-    assert (completed_run / "summary.json").read_text() == before
+    assert result.stderr.startswith(f"error: hydra.run.dir: {finished_run} already holds a completed run")
+    assert (finished_run / "summary.json").read_text() == before
 
 
 def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: Path) -> None:
@@ -170,25 +165,25 @@ def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: 
         proc.communicate(timeout=60)
 
 
-def test_killed_after_its_last_checkpoint_trains_nothing_more(completed_run: Path, tmp_path: Path,
+def test_killed_after_its_last_checkpoint_trains_nothing_more(finished_run: Path, tmp_path: Path,
                                                              home: Path) -> None:
     import shutil
 
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "killed-at-the-end"
-    shutil.copytree(completed_run, run_dir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns(".lock"))
     shutil.rmtree(run_dir / "adapter")  # as if killed between the last checkpoint and the final save
-    (run_dir / "summary.json").write_text(json.dumps({**summary_of(completed_run), "status": "running"}))
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=4", "resume=auto",
-                     f"hydra.run.dir={run_dir}", home=home)
+    (run_dir / "summary.json").write_text(json.dumps({**summary_of(finished_run), "status": "running"}))
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
+                     "resume=auto", f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "checkpoint-4 is the last step: nothing left to train" in result.stdout + result.stderr
-    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == 4
+    assert f"checkpoint-{FINISHED_STEPS} is the last step: nothing left to train" in result.stdout + result.stderr
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == FINISHED_STEPS
     import torch
 
     saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
-    final = load_file(completed_run / "adapter" / "adapter_model.safetensors")
+    final = load_file(finished_run / "adapter" / "adapter_model.safetensors")
     assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)
 
 

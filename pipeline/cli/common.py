@@ -28,7 +28,8 @@ from pipeline.errors import (
 from pipeline.model.hub import go_offline_if_unreachable
 
 CONF_DIR = str(REPO / "conf")  # absolute: the commands work from any directory
-HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log", "export.log"}
+HYDRA_ONLY_FILES = {".hydra", "train.log", "plan.log", "preprocess.log", "export.log", "generate.log",
+                    "evaluate.log"}
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -69,10 +70,18 @@ def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
         raise  # not reached: report_and_exit exits
 
 
-def run_after_command(cfg: DictConfig, work: Callable[[Any], T]) -> T:
-    """`run_command` for the commands that work on a finished run (`conf/after.yaml`)."""
+def run_after_command(cfg: DictConfig, work: Callable[[Any, Any], T]) -> T:
+    """`run_command` for the commands that work on a finished run (`conf/after.yaml`): `work(after, run)` gets the
+    validated config and the finished run, with the libraries' logs and progress bars off the console."""
+    from pipeline.after.finished import open_finished_run
+    from pipeline.outputs.logs import quiet_progress_bars, route_library_logs
+
     try:
-        return work(to_afterconfig(cfg))
+        after = to_afterconfig(cfg)
+        run = open_finished_run(after.run)
+        route_library_logs()
+        quiet_progress_bars()
+        return work(after, run)
     except ConfigError as error:
         run_dir = _hydra_output_dir()
         if run_dir is not None:

@@ -13,14 +13,9 @@ from pipeline.cli.common import CONF_DIR, entry, run_after_command
 log = logging.getLogger(__name__)
 
 
-def export_command(after: Any) -> dict:
+def export_command(after: Any, run: Any) -> dict:
     from pipeline.after.export import check_gguf_tools, export
-    from pipeline.after.finished import open_finished_run
-    from pipeline.outputs.logs import quiet_progress_bars, route_library_logs
 
-    run = open_finished_run(after.run)
-    route_library_logs()
-    quiet_progress_bars()
     if after.export.format == "gguf":
         check_gguf_tools(after.export.quantization)  # before anything is merged
     figures = export(run, after.export)

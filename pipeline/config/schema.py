@@ -146,10 +146,31 @@ class ExportConfig:
 
 
 @dataclass
+class GenerateConfig:
+    source: str = one_of("adapter", "adapter", "merged_16bit")
+    base: str = one_of("as_trained", "as_trained", "16bit")
+    max_new_tokens: int = at_least(1, 128, "128")
+    temperature: float = checked(0.0, lambda v: v >= 0, "must be >= 0 (0: greedy)", "0.7")
+    top_p: float = checked(1.0, lambda v: 0 < v <= 1, "must be in (0, 1]", "0.9")
+    system: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    samples: int = at_least(1, 16, "16")
+    max_new_tokens: int = at_least(1, 64, "64")
+    before: bool = True
+
+
+@dataclass
 class AfterConfig:
-    """The commands that work on a finished run (export; generate and evaluate to come)."""
+    """The commands that work on a finished run: export, generate, evaluate."""
     run: Optional[str] = None
+    prompt: Optional[str] = None
+    prompts_file: Optional[str] = None
     export: ExportConfig = field(default_factory=ExportConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 GROUPS = {"model": ModelConfig, "quantization": QuantizationConfig, "lora": LoraConfig, "data": DataConfig,
@@ -162,5 +183,7 @@ def register_configs() -> None:
     cs.store(name="schema", node=TrainConfig)
     cs.store(name="after_schema", node=AfterConfig)
     cs.store(group="export", name="export_schema", node=ExportConfig)
+    cs.store(group="generate", name="generate_schema", node=GenerateConfig)
+    cs.store(group="eval", name="eval_schema", node=EvalConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)

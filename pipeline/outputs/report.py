@@ -86,6 +86,14 @@ def print_summary(summary: dict, run_dir: Path) -> None:
         "adapter": str(run_dir / "adapter"),
         "summary": str(run_dir / "summary.json"),
     })
+    for command in summary.get("next", []):
+        log.info("next: %s", command)
+
+
+def next_commands(run_dir: Path) -> list[str]:
+    """What a completed run is for: try it, measure it, export it."""
+    return [f'python -m pipeline.generate run={run_dir} prompt="..."', f"python -m pipeline.evaluate run={run_dir}",
+            f"python -m pipeline.export run={run_dir}"]
 
 
 def plot_loss(run_dir: Path, rows: list[dict], title: str) -> None:

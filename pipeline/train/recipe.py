@@ -112,7 +112,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
             raise RunInterrupted(graceful.exit_code, run_dir.path)
         evaluate_at_end(trainer, data, metrics, summary)
         save(run_dir, trainer, data)
-        summary["status"] = "completed"
+        summary.update(status="completed", next=report.next_commands(run_dir.path))
     except RunFailed as error:
         summary.update(status="failed", error=error.line())
         raise
