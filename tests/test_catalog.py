@@ -45,6 +45,7 @@ class Case:
     setup: str | None = None       # "completed", "locked", "resumable", "tmpfs:<size>", "ro", "sigterm", "sigint"
     multirun: bool = False
     says: str = ""                 # a line our own log must also print (stdout)
+    summary: tuple[tuple[str, object], ...] = ()  # values summary.json must hold
 
 
 def train(name: str, *args: str, line: str, **kw) -> Case:
@@ -277,7 +278,8 @@ CASES = [
     # --- settings this machine cannot run: replaced, said, recorded ------------------------------------------------
     train("fp16 and an 8-bit optimizer on CPU", "model.dtype=float16", "trainer.optim=adamw_8bit",
           "trainer.max_steps=4", exit=0, lines=-1, status="completed", line="note: model.dtype=float16",
-          says="note: trainer.optim=adamw_8bit", leaves=("summary.json", "adapter")),
+          says="note: trainer.optim=adamw_8bit", leaves=("summary.json", "adapter"),
+          summary=(("precision", "float32"),)),  # fp16 on CPU ended in NaN before
     train("packing packs", "data.packing=true", "trainer.max_steps=4", "backend=hf", exit=0, lines=-1,
           status="completed", line="packing: 64 samples -> ", leaves=("summary.json", "adapter")),
     train("W&B key with no network", "logger=wandb", "trainer.max_steps=4", exit=0, lines=-1, status="completed",
@@ -351,6 +353,12 @@ def check_left_on_disk(case: Case, run_dir: Path) -> None:
     if case.status:
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == case.status
+        assert all(summary[key] == value for key, value in case.summary), summary
+        if case.status == "completed" and case.exit == 0:
+            assert summary["final_loss"] == summary["final_loss"]  # finite: not NaN
+            printed = [line.removeprefix("note: ") for line in (case.line, case.says) if line.startswith("note: ")]
+            for note in printed:  # what the run said is recorded too
+                assert any(recorded.startswith(note) for recorded in summary["notes"]), summary["notes"]
         if case.status == "failed":
             assert summary["error"].startswith(case.line.replace("{run}", summary["run_dir"]))
             assert "adapter" not in present

@@ -86,17 +86,6 @@ def test_other_quantizations_train(backend: str, quantization: str, loaded: str,
     assert summary["final_loss"] < summary["initial_loss"]
 
 
-def test_multirun_over_presets(tmp_path: Path, home: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora/target_modules=all_linear,attention",
-                     "logger=none", "trainer.max_steps=10", f"hydra.sweep.dir={sweep}", home=home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = {summary_of(sweep / n)["target_modules"]["preset"]: summary_of(sweep / n) for n in ("0", "1")}
-    assert runs.keys() == {"all_linear", "attention"}
-    assert all(r["status"] == "completed" for r in runs.values())
-    assert runs["attention"]["trainable_params"] < runs["all_linear"]["trainable_params"]
-
-
 def test_a_sweep_lists_every_failed_job_with_its_own_line(tmp_path: Path, home: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", "lora.r=0,33,8", "logger=none",
@@ -135,6 +124,7 @@ def test_every_preset_trains_on_both_backends(tmp_path: Path, home: Path) -> Non
     assert seen[("hf", "minimal")]["target_modules"] == ["q_proj", "v_proj"]
     assert seen[("unsloth", "mlp")]["target_modules"] == ["gate_proj", "up_proj", "down_proj"]
     assert seen[("hf", "attention")]["trainable_params"] == seen[("unsloth", "attention")]["trainable_params"]
+    assert seen[("hf", "attention")]["trainable_params"] < seen[("hf", "all_linear")]["trainable_params"]
 
 
 def test_plan_cli_writes_plan_json_offline(tmp_path: Path, home: Path) -> None:
