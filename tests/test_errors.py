@@ -57,3 +57,23 @@ def test_a_name_with_a_path_stays_one_folder() -> None:
 
     assert run_dir_suffix("/../../x") == "_-..-..-x" and run_dir_suffix("my_run") == "_my_run"
     assert run_dir_suffix(None) == ""
+
+
+def test_a_stop_swallowed_in_a_weakref_callback_prints_nothing(capsys) -> None:  # noqa: ANN001
+    import signal
+    import sys
+    from types import SimpleNamespace
+
+    from pipeline.train import stop
+
+    def unraisable(error: BaseException) -> SimpleNamespace:
+        return SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None, err_msg=None, object=None)
+
+    stop._quiet_if_stopped(unraisable(stop.Stopped(signal.SIGINT)))  # raised again at the next stage boundary
+    assert capsys.readouterr().err == ""
+    previous, sys.__unraisablehook__ = sys.__unraisablehook__, lambda u: sys.stderr.write(f"{u.exc_value}\n")
+    try:
+        stop._quiet_if_stopped(unraisable(ValueError("other")))
+    finally:
+        sys.__unraisablehook__ = previous
+    assert capsys.readouterr().err == "other\n"

@@ -8,6 +8,7 @@ recipe's next stage boundary (`raise_if_requested`).
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any
 
 MESSAGES = {
@@ -33,6 +34,14 @@ def _stop(signum: int, frame: Any) -> None:
 def install() -> None:
     for signum in MESSAGES:
         signal.signal(signum, _stop)
+    sys.unraisablehook = _quiet_if_stopped
+
+
+def _quiet_if_stopped(unraisable: Any) -> None:
+    """A signal that lands in a weakref callback or `__del__` is "ignored" by Python with a printed traceback; the
+    stop is raised again at the next stage boundary, so only other unraisable errors are printed."""
+    if not isinstance(unraisable.exc_value, Stopped):
+        sys.__unraisablehook__(unraisable)
 
 
 def raise_if_requested() -> None:
