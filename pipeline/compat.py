@@ -7,6 +7,8 @@
 - Hydra's `run_and_report`, wrapped so that user mistakes print as one line (Hydra has no hook for it).
 - TRL's shipped chat-template files (`trl/chat_templates/*.jinja`), read without importing TRL.
 - A failed Hydra job's exception, read without the stderr line `JobReturn.return_value` prints.
+- llama.cpp's `convert_hf_to_gguf.py`, told the pre-tokenizer of a byte-level BPE tokenizer with GPT-2's split rule
+  whose fingerprint it does not list (it knows released models' tokenizers by a hash of their output).
 """
 
 from __future__ import annotations
@@ -164,3 +166,40 @@ def quiet_failed_job(job_return: Any) -> None:
             self._return_value = value
 
     job_return.__class__ = QuietJobReturn
+
+
+def run_gguf_converter(llama_cpp: str, *args: str) -> None:
+    """Run llama.cpp's converter as its own script would (in a subprocess of ours), with one fallback: a tokenizer it
+    does not recognise gets tokenizer.ggml.pre "gpt-2" when its tokenizer.json splits exactly as GPT-2's does
+    (ByteLevel with the regex, no prefix space, no normalizer), which is what llama.cpp's "gpt-2" pre-type applies.
+    `python -c "from pipeline.compat import run_gguf_converter as r; r(*__import__('sys').argv[1:])" DIR ARGS`."""
+    import runpy
+
+    folder = Path(llama_cpp).resolve()
+    sys.path[:0] = [str(folder), str(folder / "gguf-py")]  # its own gguf-py: the converter needs that version
+    from conversion.base import TextModel  # llama.cpp's private module (convert_hf_to_gguf.py imports it)
+
+    recognised = TextModel.get_vocab_base_pre
+
+    def vocab_base_pre(self: Any, tokenizer: Any) -> str:
+        try:
+            return recognised(self, tokenizer)
+        except NotImplementedError:
+            if splits_like_gpt2(Path(self.dir_model) / "tokenizer.json"):
+                return "gpt-2"
+            raise
+
+    TextModel.get_vocab_base_pre = vocab_base_pre
+    sys.argv = [str(folder / "convert_hf_to_gguf.py"), *args]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+def splits_like_gpt2(tokenizer_json: Path) -> bool:
+    import json
+
+    if not tokenizer_json.is_file():
+        return False
+    spec = json.loads(tokenizer_json.read_text())
+    pre = spec.get("pre_tokenizer") or {}
+    return (pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
+            and spec.get("normalizer") is None)

@@ -24,8 +24,18 @@ def offline_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def quickstart_eval_off(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """The quickstart evaluates base and trained when training ends (about 3 s). Tests of other things leave that
+    out; the shared quickstart run below, and tests that set eval.before_after themselves, keep it."""
+    if "experiment=quickstart" in overrides and not any(o.startswith("eval.before_after") for o in overrides):
+        return [*overrides, "eval.before_after=false"]
+    return list(overrides)
+
+
 def run_cli(module: str, *overrides: str, home: Path, cwd: Path = REPO, timeout: int = 300,
             **env: str) -> subprocess.CompletedProcess:
+    if module == "pipeline.train":
+        overrides = tuple(quickstart_eval_off(overrides))
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=offline_env(home, **env),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -57,7 +67,7 @@ def compose(*overrides: str):
     register_resolvers()
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+        return hydra_compose(config_name="train", overrides=quickstart_eval_off(overrides))
 
 
 def target_presets() -> dict[str, list[str]]:
@@ -73,13 +83,23 @@ def target_presets() -> dict[str, list[str]]:
         return presets()
 
 
+SECRET = "hf_secret_value_123"
+
+
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One completed quickstart run (QLoRA, Unsloth backend) for the commands that work on a finished run; tests that
-    change it work on a copy."""
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """`make quickstart` as a user runs it (QLoRA on Unsloth, its evaluation at the end, W&B offline for want of a
+    key), with an HF token in the environment; `.args` ends with the run directory."""
     home = tmp_path_factory.mktemp("home")
     run_dir = tmp_path_factory.mktemp("runs") / "done"
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "trainer.max_steps=12",
-                     f"hydra.run.dir={run_dir}", home=home)
+    result = run_cli("pipeline.train", "experiment=quickstart", "eval.before_after=true", f"hydra.run.dir={run_dir}",
+                     home=home, HF_TOKEN=SECRET, WANDB_API_KEY_FILE="/nonexistent")
     assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    return result
+
+
+@pytest.fixture(scope="session")
+def finished_run(quickstart: subprocess.CompletedProcess) -> Path:
+    """The quickstart's run directory, for the commands that work on a finished run; tests that change it work on a
+    copy."""
+    return Path(quickstart.args[-1].removeprefix("hydra.run.dir="))

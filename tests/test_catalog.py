@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, offline_env
+from conftest import REPO, offline_env, quickstart_eval_off
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,7 @@ class Case:
 
 
 def train(name: str, *args: str, line: str, **kw) -> Case:
-    return Case(name, ("experiment=quickstart", "logger=none", *args), line, **kw)
+    return Case(name, tuple(quickstart_eval_off(("experiment=quickstart", "logger=none", *args))), line, **kw)
 
 
 def data(name: str, content: str | bytes, *args: str, line: str, file: str = "data.jsonl", **kw) -> Case:
@@ -150,6 +150,10 @@ CASES = [
           line="error: data.source: file not found: missing/file.jsonl"),
     train("eval file missing", "data.val_size=0", "data.eval_source={tmp}/nope.jsonl",
           line="error: data.eval_source: file not found: {tmp}/nope.jsonl"),
+    train("lm-eval asked of train", "eval.lm_eval_tasks=[hellaswag]",
+          line="error: eval.lm_eval_tasks: lm-evaluation-harness runs on a merged export, not during train"),
+    train("before/after evaluation with nothing held out", "data.val_size=0", "eval.before_after=true",
+          line="error: eval.before_after: needs a held-out split, and data.val_size is 0"),
     data("malformed JSONL line", MESSAGES_ROW + '{"messages": [oops\n',
          line="error: data.source: {tmp}/data.jsonl:2: not valid JSON"),
     data("JSONL line not an object", "[1, 2]\n", line="error: data.source: {tmp}/data.jsonl:1: a JSONL line must be"),
@@ -198,9 +202,9 @@ CASES = [
           line="error: data.eval_source: the dataset is empty"),
     train("val_size takes every sample", "data.val_size=100", line="error: data.val_size: 100.0 leaves no training"),
     train("sample over the limit with overlength=raise", "data.max_length=16", "data.overlength=raise",
-          line="error: data.overlength: 64 train samples are longer than 16 tokens"),
+          line="error: data.overlength: 72 train samples are longer than 16 tokens"),
     train("effective batch above the data", "trainer.gradient_accumulation_steps=20",
-          line="error: trainer.gradient_accumulation_steps: an effective batch of 4 x 20 is larger than the 64"),
+          line="error: trainer.gradient_accumulation_steps: an effective batch of 4 x 20 is larger than the 72"),
     # --- the model -------------------------------------------------------------------------------------------------
     train("hub model offline", "model.name=no-such-org/no-such-model",
           line="error: model.name: cannot load 'no-such-org/no-such-model'"),
@@ -241,7 +245,7 @@ CASES = [
     Case("preprocess: model missing", ("model.name=/no/such",), "error: model.name: no such local folder",
          command="pipeline.preprocess"),
     Case("preprocess: overlength raise", ("data.max_length=16", "data.overlength=raise"),
-         "error: data.overlength: 64 train samples are longer", command="pipeline.preprocess"),
+         "error: data.overlength: 72 train samples are longer", command="pipeline.preprocess"),
     Case("export: no run given", (), "error: run: no run directory given", command="pipeline.export"),
     Case("export: not a run directory", ("run={tmp}/elsewhere",), "error: run: {tmp}/elsewhere is not a run directory",
          command="pipeline.export"),
@@ -281,7 +285,7 @@ CASES = [
           says="note: trainer.optim=adamw_8bit", leaves=("summary.json", "adapter"),
           summary=(("precision", "float32"),)),  # fp16 on CPU ended in NaN before
     train("packing packs", "data.packing=true", "trainer.max_steps=4", "backend=hf", exit=0, lines=-1,
-          status="completed", line="packing: 64 samples -> ", leaves=("summary.json", "adapter")),
+          status="completed", line="packing: 72 samples -> ", leaves=("summary.json", "adapter")),
     train("W&B key with no network", "logger=wandb", "trainer.max_steps=4", exit=0, lines=-1, status="completed",
           env=(("WANDB_API_KEY", "x" * 40), ("WANDB_BASE_URL", "https://api.wandb.invalid")),
           line="W&B: ", leaves=("summary.json", "adapter")),

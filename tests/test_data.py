@@ -50,19 +50,21 @@ def test_auto_detects_every_format(fmt: str) -> None:
 
 def test_chat_mask_trains_exactly_the_assistant_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prepared, tok = prepared_for(tmp_path, monkeypatch)
-    row = first_row_with(prepared, tok, "What colour is the grass?")
+    row = first_row_with(prepared, tok, "The young white duck sits under the tree.")
     trained, context = trained_and_context(row, tok)
-    assert trained == "The grass is green.<|im_end|>"  # the {% generation %} span: answer and end-of-turn token
-    assert context.endswith("<|im_start|>user\nWhat colour is the grass?<|im_end|>\n<|im_start|>assistant\n\n")
+    assert trained == "Animal: duck. Colour: white.<|im_end|>"  # the {% generation %} span: answer and end-of-turn
+    assert context.endswith("<|im_start|>user\nName the animal and its colour.\nThe young white duck sits under the "
+                            "tree.<|im_end|>\n<|im_start|>assistant\n\n")
 
 
 def test_alpaca_mask_trains_exactly_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={DATA / FORMATS['alpaca']}",
                                  "data.format=alpaca")
-    row = first_row_with(prepared, tok, "Give the opposite of the word.\n\nhot")
+    row = first_row_with(prepared, tok, "Name the animal and its colour.\n\nA white fox sleeps under the tree.")
     trained, context = trained_and_context(row, tok)
-    assert trained == "The opposite of hot is cold.<|im_end|>\n"  # completion = what follows the rendered prompt
-    assert context == "<|im_start|>user\nGive the opposite of the word.\n\nhot<|im_end|>\n<|im_start|>assistant\n"
+    assert trained == "Animal: fox. Colour: white.<|im_end|>\n"  # completion = what follows the rendered prompt
+    assert context == ("<|im_start|>user\nName the animal and its colour.\n\nA white fox sleeps under the tree."
+                       "<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_loss_on_all_trains_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,14 +73,14 @@ def test_loss_on_all_trains_every_token(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_length_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dropped, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=30", "data.overlength=drop")
+    dropped, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=45", "data.overlength=drop")
     stats = dropped.stats["train"]
-    assert stats.dropped_overlength == stats.overlength > 0 and stats.samples == 71 - stats.overlength
-    assert all(len(row["input_ids"]) <= 30 for row in dropped.train)
-    cut, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=30", "data.overlength=truncate")
-    assert cut.stats["train"].truncated == stats.overlength and all(len(r["input_ids"]) <= 30 for r in cut.train)
-    with pytest.raises(ConfigError, match=r"data.overlength: \d+ train samples are longer than 30 tokens"):
-        prepared_for(tmp_path, monkeypatch, "data.max_length=30", "data.overlength=raise")
+    assert stats.dropped_overlength == stats.overlength > 0 and stats.samples == 80 - stats.overlength
+    assert all(len(row["input_ids"]) <= 45 for row in dropped.train)
+    cut, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=45", "data.overlength=truncate")
+    assert cut.stats["train"].truncated == stats.overlength and all(len(r["input_ids"]) <= 45 for r in cut.train)
+    with pytest.raises(ConfigError, match=r"data.overlength: \d+ train samples are longer than 45 tokens"):
+        prepared_for(tmp_path, monkeypatch, "data.max_length=45", "data.overlength=raise")
 
 
 def test_cache_serves_the_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,8 +125,8 @@ def test_local_sources_in_every_form(tmp_path: Path) -> None:
     folder = tmp_path / "dir"
     folder.mkdir()
     rows.to_json(folder / "c.jsonl")
-    for source, count in ((str(tmp_path / "a.csv"), 71), (str(tmp_path / "b.parquet"), 71), (str(folder), 71),
-                          (str(tmp_path / "*.parquet"), 71), ([str(tmp_path / "a.csv"), str(folder)], 142)):
+    for source, count in ((str(tmp_path / "a.csv"), 80), (str(tmp_path / "b.parquet"), 80), (str(folder), 80),
+                          (str(tmp_path / "*.parquet"), 80), ([str(tmp_path / "a.csv"), str(folder)], 160)):
         run = to_runconfig(compose("experiment=quickstart", f"data.source={json.dumps(source)}"))
         assert len(data_lib.load_source(run.data)) == count, source
 
@@ -144,7 +146,7 @@ def test_preprocess_marks_trained_tokens_and_caches(tmp_path: Path, home: Path) 
     first = run_cli("pipeline.preprocess", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'a'}", home=home)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "[[" in first.stdout and "<|im_end|>]]" in first.stdout  # not a terminal: brackets mark the loss
-    assert "train: 64 samples, tokens min" in first.stdout and "p95" in first.stdout
+    assert "train: 72 samples, tokens min" in first.stdout and "p95" in first.stdout
     assert "served from cache" not in first.stdout
     second = run_cli("pipeline.preprocess", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'b'}", home=home)
     assert "served from cache" in second.stdout
@@ -236,7 +238,8 @@ def test_without_markers_the_last_answer_trains(tmp_path: Path, monkeypatch: pyt
              "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
     prepared, tok = prepared_with_template(tmp_path, monkeypatch, plain)
     trained = [trained_and_context(row, tok)[0] for row in prepared.train]
-    assert trained == ["A2\n", "A3\n"]
+    # the tiny tokenizer merges " A" into one token, so the space after "assistant:" trains with the answer
+    assert trained == [" A2\n", " A3\n"]
 
 
 def test_empty_cells_are_named(tmp_path: Path, home: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import SECRET, run_cli
 
 pytestmark = pytest.mark.e2e
 RUN_FILES = ["config.resolved.yaml", "metrics.jsonl", "summary.json", "loss.png", "adapter/adapter_config.json",
@@ -29,26 +30,33 @@ def assert_completed_run(run_dir: Path) -> dict:
     return summary
 
 
-def test_quickstart_unsloth_with_wandb_offline(tmp_path: Path, home: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run_cli("pipeline.train", "experiment=quickstart", f"hydra.run.dir={run_dir}", home=home,
-                     HF_TOKEN="hf_secret_value_123", WANDB_API_KEY_FILE="/nonexistent")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_quickstart_learns_its_task_and_says_so(quickstart: subprocess.CompletedProcess, finished_run: Path) -> None:
+    run_dir, printed = finished_run, quickstart.stdout + quickstart.stderr
     summary = assert_completed_run(run_dir)
     assert summary["backend"] == "unsloth" and summary["quantization"] == "4-bit"
     assert summary["target_modules"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                            "up_proj", "down_proj"]
     assert summary["trainable_params"] == 32768  # 2 layers x r16 x (q 128 + k 96 + v 96 + o 128 + 3 x mlp 192)
-    assert "eval_loss" in summary
-    # no key -> offline W&B in the run directory, with a notice instead of a prompt
-    assert list((run_dir / "wandb").glob("offline-run-*"))
-    assert "logging offline" in result.stdout + result.stderr
+    # eval.before_after (on in the quickstart): the held-out answers, base vs trained, printed and recorded
+    figures = json.loads((run_dir / "eval.json").read_text())
+    assert summary["eval"] == figures
+    before, after = figures["before"]["answers"], figures["after"]["answers"]
+    assert before["prompts"] == after["prompts"] == 8 and after["exact_match"] > before["exact_match"]
+    assert f"exact match on 8 held-out prompts: {before['exact_match']}/8 before -> {after['exact_match']}/8 after" \
+        in quickstart.stdout
+    example = after["examples"][0]
+    assert f"-> {example['answer']!r}" in quickstart.stdout and example["answer"].startswith("Animal: ")
+    # no key -> offline W&B in the run directory, with a notice instead of a prompt; the evaluation is in it
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and "logging offline" in printed
+    assert b"eval/after/exact_match" in next(offline[0].glob("*.wandb")).read_bytes()
+    assert list(offline[0].glob("files/media/table/eval/answers_*.table.json"))
     for line in ("trainable params", "effective batch", "target modules", "run directory"):
-        assert line in result.stdout + result.stderr
+        assert line in printed
     # secrets never land in files
     for path in run_dir.rglob("*"):
         if path.is_file():
-            assert b"hf_secret_value_123" not in path.read_bytes(), path
+            assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_quickstart_hf_backend(tmp_path: Path, home: Path) -> None:
@@ -164,7 +172,7 @@ def test_moe_experts_train_through_target_parameters(tmp_path: Path, home: Path)
     from transformers import AutoModelForCausalLM, MixtralConfig
 
     model_dir = tmp_path / "tiny-mixtral"
-    config = MixtralConfig(vocab_size=475, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = MixtralConfig(vocab_size=505, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
                            eos_token_id=2, pad_token_id=0, bos_token_id=None)
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)

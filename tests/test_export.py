@@ -83,13 +83,52 @@ def test_adapter_export_is_the_adapter_with_its_tokenizer(finished_run: Path, tm
         (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
-def test_gguf_without_llama_cpp_is_one_line_naming_what_to_install(finished_run: Path, tmp_path: Path,
-                                                                   home: Path) -> None:
+def test_gguf_is_written_and_reads_back_as_the_merged_model(finished_run: Path, tmp_path: Path, home: Path) -> None:
+    """llama.cpp's own converter (fetched from PyPI by `make setup`), read back with the gguf package."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = copy_of(finished_run, tmp_path)
+    result = run_cli("pipeline.export", f"run={run_dir}", "export.format=gguf", home=home)  # q8_0 by default
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir / "export" / "gguf"
+    figures = json.loads((out / "export.json").read_text())
+    assert figures["quantization"] == "q8_0" and figures["gguf_chat_template_is_the_runs"] is True
+    assert figures["gguf_embedding_max_abs_diff"] <= figures["gguf_embedding_tolerance"]
+    assert not list(out.glob("*.safetensors"))  # the GGUF holds the weights
+    assert (out / "Modelfile").read_text().startswith(f"FROM ./{figures['gguf']}\n")
+
+    reader = GGUFReader(out / figures["gguf"])
+    field = lambda key: reader.get_field(key).contents()  # noqa: E731
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    assert field("general.architecture") == "llama" and field("tokenizer.chat_template") == tokenizer.chat_template
+    assert field("tokenizer.ggml.tokens") == [tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer))]
+    # an adapted layer holds the merged weights (base + adapter), not the base's
+    base = AutoModelForCausalLM.from_pretrained(json.loads((run_dir / "summary.json").read_text())["model"],
+                                                dtype=torch.float32)
+    original = base.model.layers[0].mlp.down_proj.weight.detach().clone().numpy()
+    merged = PeftModel.from_pretrained(base, run_dir / "adapter").merge_and_unload()
+    expected = merged.model.layers[0].mlp.down_proj.weight.detach().numpy()
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    got = dequantize(tensor.data, tensor.tensor_type).reshape(expected.shape)
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()  # q8_0 precision
+    assert np.abs(got - expected).max() < np.abs(original - expected).max() / 2  # nearer the merge than the base
+
+
+def test_gguf_refusals_name_what_to_set(finished_run: Path, tmp_path: Path, home: Path) -> None:
     run_dir = copy_of(finished_run, tmp_path)
     result = run_cli("pipeline.export", f"run={run_dir}", "export.format=gguf", home=home, LLAMA_CPP_DIR=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: export.format: gguf needs llama.cpp's convert_hf_to_gguf.py and the gguf package. Git clone "
-        "https://github.com/ggml-org/llama.cpp, set LLAMA_CPP_DIR to it and pip install gguf (or "
-        "export.format=merged_16bit and convert it yourself).")
+        f"error: LLAMA_CPP_DIR: {tmp_path} holds no convert_hf_to_gguf.py (environment variable). Point it at a "
+        "llama.cpp checkout, or unset it to use the converter `make setup` fetched into .cache/llama.cpp.")
+    result = run_cli("pipeline.export", f"run={run_dir}", "export.format=gguf", "export.quantization=q4_k_m",
+                     home=home)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: export.quantization: q4_k_m needs llama.cpp's llama-quantize, which is "
+                                    "not built in ")
     assert not (run_dir / "export").exists()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, offline_env, run_cli
+from conftest import REPO, offline_env, quickstart_eval_off, run_cli
 
 from pipeline.outputs.rundir import is_complete_checkpoint
 
@@ -23,8 +23,8 @@ LONG = ["experiment=quickstart", "logger=none", "data.val_size=0", f"trainer.max
 
 def start(home: Path, *overrides: str) -> subprocess.Popen:
     """The CLI as a child of Python (a shell's background job would ignore SIGINT)."""
-    return subprocess.Popen([sys.executable, "-m", "pipeline.train", *overrides], cwd=REPO, env=offline_env(home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "pipeline.train", *quickstart_eval_off(overrides)], cwd=REPO,
+                            env=offline_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -114,9 +114,9 @@ def test_sigterm_stops_the_same_way_with_exit_143(tmp_path: Path, home: Path) ->
     assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")
 
 
-# `finished_run` (conftest): one completed quickstart run of 12 steps the tests below try to continue or
+# `finished_run` (conftest): the quickstart run (30 steps) the tests below try to continue or
 # overwrite; none of them changes it
-FINISHED_STEPS = 12
+FINISHED_STEPS = 30
 
 
 def test_resume_refuses_a_changed_lora_shape(finished_run: Path, home: Path) -> None:

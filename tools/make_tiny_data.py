@@ -1,44 +1,93 @@
-"""Write the repository's small instruction datasets (deterministic; re-run to regenerate).
+"""Write the repository's small datasets (deterministic; re-run to regenerate).
 
-The facts are simple and regular on purpose: a 145k-parameter model can learn them in seconds on CPU,
-so a fine-tune that works shows a falling loss and right answers.
+Two parts, like a real base model and a real fine-tune:
+- `tiny_corpus.jsonl`: general prose (short scenes, sometimes followed, a few sentences later, by a note such as
+  "Animal: fox." or "Colour: red."), the text tools/make_tiny_model.py pre-trains the tiny base on;
+- the instruction set, in five formats: "Name the animal and its colour." over a new scene, answered in one fixed
+  line ("Animal: fox. Colour: red."). The base knows the words and can find an animal or a colour, but has never seen
+  a chat or that answer, so it scores 0/8 on the held-out scenes; the quickstart's 30 QLoRA steps teach it.
 """
 
 import json
 import random
 from pathlib import Path
 
-COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red",
-           "sun": "yellow", "orange": "orange", "violet": "purple", "sea": "blue", "leaf": "green"}
-OPPOSITES = {"hot": "cold", "big": "small", "up": "down", "fast": "slow", "light": "dark",
-             "open": "closed", "early": "late", "full": "empty", "happy": "sad", "old": "new"}
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+ANIMALS = ["cat", "dog", "fox", "owl", "horse", "mouse", "duck", "sheep"]
+COLOURS = ["red", "blue", "green", "black", "white", "brown", "grey", "yellow"]
+TRAITS = ["small", "big", "old", "young", "quiet", "happy"]
+VERBS = ["sleeps", "runs", "sits", "waits", "plays", "eats"]
+PLACES = ["in the garden", "by the river", "on the hill", "near the house", "under the tree", "in the field"]
+FILLER = ["It was a long day.", "Then it rained.", "Nobody saw it.", "The wind was cold.", "It is still there.",
+          "We watched for a while.", "Later the sun came out.", "Everything was calm.", "So it goes.",
+          "Then we went home."]
 SYSTEM = "You are a short, exact assistant."
+INSTRUCTION = "Name the animal and its colour."
+REPLY = "Animal: {animal}. Colour: {colour}."
+SAMPLES = 80                   # 72 train + 8 held out at the quickstart's val_size 0.1
+
+
+def scene(rng: random.Random) -> tuple[str, str, str]:
+    """(one sentence, its animal, its colour)."""
+    animal, colour, trait, verb, place = (rng.choice(words) for words in (ANIMALS, COLOURS, TRAITS, VERBS, PLACES))
+    sentence = rng.choice([f"The {trait} {colour} {animal} {verb} {place}.", f"A {colour} {animal} {verb} {place}.",
+                           f"{place.capitalize()}, the {trait} {colour} {animal} {verb}."])
+    return sentence, animal, colour
+
+
+def note(rng: random.Random, animal: str, colour: str) -> str:
+    """How the corpus notes what a scene holds: one thing, or both with other sentences between them (never the
+    fine-tune's one-line answer)."""
+    one, other = rng.sample([f"Animal: {animal}.", f"Colour: {colour}."], 2)
+    return one if rng.random() < 0.5 else f"{one} {filler(rng)} {other}"
+
+
+def filler(rng: random.Random) -> str:
+    return " ".join(rng.sample(FILLER, rng.randint(1, 2)))
+
+
+def reply(animal: str, colour: str) -> str:
+    """The answer format the fine-tune teaches (the base has never produced it)."""
+    return REPLY.format(animal=animal, colour=colour)
 
 
 def make_pairs(rng: random.Random) -> list[tuple[str, str, str]]:
-    """(instruction, input, output) triples over four task families."""
+    """(instruction, input, output) triples: a scene and its fixed-format answer."""
     pairs = []
-    for a in range(6):
-        for b in range(5):
-            pairs.append(("Add the two numbers.", f"{a} + {b}", f"{a} + {b} = {a + b}."))
-    for thing, colour in COLOURS.items():
-        pairs.append((f"What colour is the {thing}?", "", f"The {thing} is {colour}."))
-    for word, opposite in OPPOSITES.items():
-        pairs.append(("Give the opposite of the word.", word, f"The opposite of {word} is {opposite}."))
-        pairs.append(("Give the opposite of the word.", opposite, f"The opposite of {opposite} is {word}."))
-    for n, word in enumerate(NUMBER_WORDS):
-        pairs.append(("Write the number as a word.", str(n), f"{n} is written {word}."))
-    rng.shuffle(pairs)
+    for _ in range(SAMPLES):
+        sentence, animal, colour = scene(rng)
+        pairs.append((INSTRUCTION, sentence, reply(animal, colour)))
     return pairs
 
 
+def make_corpus(rng: random.Random, paragraphs: int = 400) -> list[str]:
+    """Plain prose over the same words, never a question and never a chat: what the base learns language from.
+
+    A catalogue note sometimes follows its scene after other sentences or a line break, so the base learns to find
+    the animal and colour by what they are, not by where they stand (which a chat prompt would break).
+    """
+    paragraphs_out = []
+    for _ in range(paragraphs):
+        text = ""
+        for _ in range(rng.randint(1, 3)):
+            sentence, animal, colour = scene(rng)
+            text += (" " if text else "") + sentence
+            if rng.random() < 0.5:
+                if rng.random() < 0.6:
+                    text += " " + filler(rng)
+                text += rng.choice([" ", "\n", "\n\n"]) + note(rng, animal, colour)
+        paragraphs_out.append(text)
+    return paragraphs_out
+
+
 def as_messages(instruction: str, input_: str, output: str, with_system: bool) -> dict:
-    user = f"{instruction}\n{input_}" if input_ else instruction
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    messages = [{"role": "user", "content": f"{instruction}\n{input_}"}, {"role": "assistant", "content": output}]
     if with_system:
         messages.insert(0, {"role": "system", "content": SYSTEM})
     return {"messages": messages}
+
+
+def as_sharegpt(instruction: str, input_: str, output: str) -> dict:
+    return {"conversations": [{"from": "human", "value": f"{instruction}\n{input_}"}, {"from": "gpt", "value": output}]}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -49,23 +98,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main(out: Path = Path("assets/data")) -> None:
-    rng = random.Random(0)
-    pairs = make_pairs(rng)
+    pairs = make_pairs(random.Random(0))
+    write_jsonl(out / "tiny_corpus.jsonl", [{"text": text} for text in make_corpus(random.Random(1))])
     write_jsonl(out / "tiny_messages.jsonl",
                 [as_messages(i, x, o, with_system=k % 3 == 0) for k, (i, x, o) in enumerate(pairs)])
     write_jsonl(out / "tiny_alpaca.jsonl", [{"instruction": i, "input": x, "output": o} for i, x, o in pairs])
     write_jsonl(out / "tiny_sharegpt.jsonl", [as_sharegpt(i, x, o) for i, x, o in pairs])
     write_jsonl(out / "tiny_prompt_completion.jsonl",
-                [{"prompt": f"{i} {x}".strip() + "\nAnswer:", "completion": f" {o}"} for i, x, o in pairs])
-    # a layout the tiny base did not see in pre-training, so fine-tuning on raw text visibly learns it
-    write_jsonl(out / "tiny_text.jsonl",
-                [{"text": f"Question: {i} {x}".strip() + f"\nAnswer: {o}"} for i, x, o in pairs])
-    print(f"wrote {len(pairs)} samples per format to {out}")
-
-
-def as_sharegpt(instruction: str, input_: str, output: str) -> dict:
-    user = f"{instruction}\n{input_}" if input_ else instruction
-    return {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": output}]}
+                [{"prompt": f"{i} {x}\nAnswer:", "completion": f" {o}"} for i, x, o in pairs])
+    write_jsonl(out / "tiny_text.jsonl", [{"text": f"Question: {i} {x}\nAnswer: {o}"} for i, x, o in pairs])
+    print(f"wrote {len(pairs)} samples per format and a general-text corpus to {out}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Build the tiny offline Llama (tokenizer + weights) that quickstart and the tests fine-tune.
 
-A byte-level BPE tokenizer is trained on the sample data, wrapped with a ChatML template that carries
-`{% generation %}` markers (so TRL's assistant-only loss works), and a 2-layer Llama is pre-trained for a
-few seconds on the plain-text facts, so a LoRA fine-tune visibly learns the chat format on top.
-Deterministic: re-running writes the same files.
+A byte-level BPE tokenizer is trained on the sample texts, wrapped with a ChatML template that carries
+`{% generation %}` markers (so TRL's assistant-only loss works), and a 2-layer Llama is pre-trained for about a
+minute on the general-text corpus (assets/data/tiny_corpus.jsonl). It has never seen a chat or a question,
+so the quickstart's fine-tune visibly teaches it a task. Deterministic: re-running writes the same files.
 """
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -25,10 +26,14 @@ CHATML_WITH_GENERATION = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def read_texts(data_dir: Path) -> list[str]:
-    """Plain-text lines (no chat markup) from the alpaca-format sample file."""
+def read_corpus(data_dir: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in (data_dir / "tiny_corpus.jsonl").read_text().splitlines()]
+
+
+def read_instructions(data_dir: Path) -> list[str]:
+    """The instruction set as plain text: the tokenizer must know its words (the model never trains on them)."""
     rows = [json.loads(line) for line in (data_dir / "tiny_alpaca.jsonl").read_text().splitlines()]
-    return [f"{r['instruction']} {r['input']} {r['output']}".replace("  ", " ") for r in rows]
+    return [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows]
 
 
 def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -43,11 +48,12 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts: list[str], steps: int) -> float:
-    """A few hundred full-parameter steps on the plain facts; returns the last loss."""
-    batch = tokenizer([t + tokenizer.eos_token for t in texts], padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    """Full-parameter steps on random batches of the corpus; returns the last loss."""
+    rng = random.Random(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
+        batch = tokenizer([t + tokenizer.eos_token for t in rng.sample(texts, 32)], padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -55,10 +61,10 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts:
     return loss.item()
 
 
-def main(data_dir: Path = Path("assets/data"), out: Path = Path("assets/tiny-llama"), steps: int = 150) -> None:
+def main(data_dir: Path = Path("assets/data"), out: Path = Path("assets/tiny-llama"), steps: int = 600) -> None:
     torch.manual_seed(0)
-    texts = read_texts(data_dir)
-    tokenizer = build_tokenizer(texts)
+    texts = read_corpus(data_dir)
+    tokenizer = build_tokenizer(texts + read_instructions(data_dir))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=None, eos_token_id=tokenizer.eos_token_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,12 +51,20 @@ def scores(model: Any, tokenizer: Any, rows: Any, settings: Any) -> dict | None:
     if not pairs:
         return None
     greedy = SimpleNamespace(max_new_tokens=settings.max_new_tokens, temperature=0.0, top_p=1.0)
-    exact = contains = 0
-    for messages, expected in pairs:
-        got = normalized(generate.answer(model, tokenizer, messages, greedy, stream=False))
-        exact += got == normalized(expected)
-        contains += normalized(expected) in got
-    return {"prompts": len(pairs), "exact_match": exact, "contains": contains}
+    answered = [(messages, expected, generate.answer(model, tokenizer, messages, greedy, stream=False))
+                for messages, expected in pairs]
+    exact = sum(normalized(got) == normalized(expected) for _, expected, got in answered)
+    contains = sum(normalized(expected) in normalized(got) for _, expected, got in answered)
+    return {"prompts": len(pairs), "exact_match": exact, "contains": contains,
+            "examples": [{"prompt": prompt_text(messages), "expected": expected, "answer": got}
+                         for messages, expected, got in answered]}
+
+
+def prompt_text(messages: list[dict] | str) -> str:
+    """The last user turn (or the plain prompt): what a reader of eval.json needs to see."""
+    if isinstance(messages, str):
+        return messages
+    return next((turn["content"] for turn in reversed(messages) if turn["role"] == "user"), "")
 
 
 def losses(model: Any, tokenized: Any) -> dict:
@@ -65,19 +74,53 @@ def losses(model: Any, tokenized: Any) -> dict:
 
 
 def evaluate(run: FinishedRun, settings: Any) -> dict:
-    """eval loss and answer scores for the trained model, and for its base when `settings.before`."""
+    """eval loss and answer scores for the trained model, and for its base when `settings.before_after`; and
+    lm-evaluation-harness tasks on the merged export when `settings.lm_eval_tasks` names some."""
+    merged = check_harness(run, settings.lm_eval_tasks)  # before the long part
     model, tokenizer = generate.load(run, SimpleNamespace(source="adapter", base="as_trained"))
     rows, tokenized = held_out(run, tokenizer)
     result = {"samples": len(tokenized), "after": {**losses(model, tokenized),
                                                   "answers": scores(model, tokenizer, rows, settings)}}
-    if settings.before:
+    if settings.before_after:
         with model.disable_adapter():
             result["before"] = {**losses(model, tokenized), "answers": scores(model, tokenizer, rows, settings)}
+    if merged is not None:
+        del model
+        result["lm_eval"] = harness(merged, settings)
     return result
 
 
+def check_harness(run: FinishedRun, tasks: list[str]) -> Path | None:
+    """The merged export lm-evaluation-harness will load, once it is known to be there and installed."""
+    if not tasks:
+        return None
+    import importlib.util
+
+    merged = run.path / "export" / "merged_16bit"
+    if not (merged / "config.json").is_file():
+        raise ConfigError("eval.lm_eval_tasks", f"lm-evaluation-harness runs on the merged export, and there is none "
+                          f"in {merged}", f"write it first: python -m pipeline.export run={run.path}")
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError("eval.lm_eval_tasks", "lm-evaluation-harness is not installed",
+                          'install the extra: pip install -e ".[lm-eval]" (its tasks download their data from the hub)')
+    return merged
+
+
+def harness(merged: Path, settings: Any) -> dict:
+    """EleutherAI's lm-evaluation-harness on the merged model, through its own HF model loader: each task's numbers."""
+    import lm_eval
+
+    results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={merged},dtype=auto",
+                                      tasks=list(settings.lm_eval_tasks), limit=settings.lm_eval_limit,
+                                      batch_size="auto")
+    return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            for task, metrics in results["results"].items()}
+
+
 def describe(result: dict) -> list[str]:
-    """The lines `evaluate` prints: before -> after."""
+    """The lines `evaluate` prints: before -> after, and one answer of the trained model."""
+    if "error" in result:
+        return [f"evaluation failed: {result['error']}"]
     before, after = result.get("before"), result["after"]
     arrow = (lambda key, fmt: f"{fmt.format(before[key])} -> {fmt.format(after[key])}") if before else \
         (lambda key, fmt: fmt.format(after[key]))
@@ -88,4 +131,12 @@ def describe(result: dict) -> list[str]:
         for key, label in (("exact_match", "exact match"), ("contains", "answer contained")):
             was = f"{before['answers'][key]}/{n} before -> " if before else ""
             lines.append(f"{label} on {n} held-out prompts: {was}{after['answers'][key]}/{n} after")
+        example = after["answers"]["examples"][0]
+        lines.append(f"trained answer: {one_line(example['prompt'])!r} -> {one_line(example['answer'])!r}")
+    for task, metrics in (result.get("lm_eval") or {}).items():
+        lines.append(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return lines
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " / ", text.strip())

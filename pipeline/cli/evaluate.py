@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_command(after: Any, run: Any) -> dict:
     from pipeline.after.evaluate import describe, evaluate
+    from pipeline.outputs import tracking
     from pipeline.outputs.rundir import RunDirectory, write_atomically
 
     result = evaluate(run, after.eval)
@@ -23,7 +24,11 @@ def evaluate_command(after: Any, run: Any) -> dict:
         log.info("%s", line)
     write_atomically(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
     RunDirectory(run.path).write_summary({**run.summary, "eval": result})
-    log.info("written to %s and summary.json", run.path / "eval.json")
+    wandb_run = tracking.resume_for_eval(run.config, run.path, run.summary.get("wandb_run_id"))
+    if wandb_run is not None:
+        tracking.log_eval(wandb_run, result)
+        wandb_run.finish()
+    log.info("written to %s, summary.json%s", run.path / "eval.json", " and W&B" if wandb_run is not None else "")
     return result
 
 

@@ -28,6 +28,11 @@ def export_command(after: Any, run: Any) -> dict:
         log.info("check: merged %s per-token loss within %.3f of the run's (off by %.3f; mean %.4f, recorded %.4f)",
                  figures["dtype"], figures["token_loss_tolerance"], figures["token_loss_gap"], figures["loss"],
                  figures["recorded_loss"])
+    if "gguf" in figures:
+        log.info("check: %s read back: %d tensors (%s), %d tokens and the run's chat template; token embeddings "
+                 "within %.3g of the merged model's (max diff %.3g)", figures["gguf"], figures["gguf_tensors"],
+                 figures["gguf_architecture"], figures["gguf_vocab"], figures["gguf_embedding_tolerance"],
+                 figures["gguf_embedding_max_abs_diff"])
     log.info("export: %s written to %s", after.export.format, figures["path"])
     return figures
 

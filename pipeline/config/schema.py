@@ -123,6 +123,15 @@ class LoggerConfig:
 
 
 @dataclass
+class EvalConfig:
+    samples: int = at_least(1, 16, "16")
+    max_new_tokens: int = at_least(1, 64, "64")
+    before_after: bool = False
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: Optional[int] = at_least(1, None, "100", nullable="every sample")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
@@ -130,6 +139,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: Optional[str] = checked(None, lambda v: v is None or re.fullmatch(r"[\w.+-]+", v) is not None,
                                   "must be letters, digits, '_', '-', '.' or '+' (it names the run directory)",
                                   "my_run")
@@ -142,7 +152,7 @@ class TrainConfig:
 class ExportConfig:
     format: str = one_of("merged_16bit", "merged_16bit", "adapter", "gguf")
     dtype: str = one_of("bfloat16", *DTYPES)
-    quantization: str = one_of("q4_k_m", "q4_k_m", "q8_0", "f16")
+    quantization: str = one_of("q8_0", "q8_0", "f16", "q4_k_m")
 
 
 @dataclass
@@ -153,13 +163,6 @@ class GenerateConfig:
     temperature: float = checked(0.0, lambda v: v >= 0, "must be >= 0 (0: greedy)", "0.7")
     top_p: float = checked(1.0, lambda v: 0 < v <= 1, "must be in (0, 1]", "0.9")
     system: Optional[str] = None
-
-
-@dataclass
-class EvalConfig:
-    samples: int = at_least(1, 16, "16")
-    max_new_tokens: int = at_least(1, 64, "64")
-    before: bool = True
 
 
 @dataclass

@@ -125,6 +125,14 @@ def _validate_combinations(cfg: DictConfig) -> None:
     if cfg.data.eval_source not in (None, "", []) and cfg.data.val_size:
         raise ConfigError("data.val_size", f"{cfg.data.val_size} is set together with data.eval_source",
                           "set data.val_size=0 to evaluate on data.eval_source, or drop data.eval_source")
+    if cfg.get("eval") is not None and cfg.eval.before_after and not cfg.data.val_size \
+            and cfg.data.eval_source in (None, "", []):
+        raise ConfigError("eval.before_after", "needs a held-out split, and data.val_size is 0 with no "
+                          "data.eval_source", "set data.val_size (e.g. 0.1) or data.eval_source, or "
+                          "eval.before_after=false")
+    if cfg.get("eval") is not None and cfg.eval.lm_eval_tasks:
+        raise ConfigError("eval.lm_eval_tasks", "lm-evaluation-harness runs on a merged export, not during train",
+                          "train, export, then python -m pipeline.evaluate run=<run dir> eval.lm_eval_tasks=[...]")
     if cfg.data.val_size >= 1 and cfg.data.val_size != int(cfg.data.val_size):
         raise ConfigError("data.val_size", f"{cfg.data.val_size} is neither a fraction below 1 nor a whole count",
                           "give a fraction like 0.1 or a count like 50")

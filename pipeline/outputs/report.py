@@ -86,6 +86,11 @@ def print_summary(summary: dict, run_dir: Path) -> None:
         "adapter": str(run_dir / "adapter"),
         "summary": str(run_dir / "summary.json"),
     })
+    if summary.get("eval"):
+        from pipeline.after.evaluate import describe
+
+        for line in describe(summary["eval"]):
+            log.info("%s", line)
     for command in summary.get("next", []):
         log.info("next: %s", command)
 

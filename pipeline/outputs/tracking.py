@@ -97,6 +97,53 @@ def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: st
         return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
 
 
+def eval_figures(result: dict) -> dict:
+    """eval.json as flat W&B summary keys: eval/after/loss, eval/before/exact_match, ..."""
+    figures = {}
+    for side in ("before", "after"):
+        if side in result:
+            figures.update({f"eval/{side}/{k}": result[side][k] for k in ("loss", "perplexity")})
+            for key in ("exact_match", "contains", "prompts"):
+                if result[side].get("answers"):
+                    figures[f"eval/{side}/{key}"] = result[side]["answers"][key]
+    return figures
+
+
+def log_eval(wandb_run: Any, result: dict) -> None:
+    """The evaluation into the run's W&B summary, and its answers as a table."""
+    if wandb_run is None:
+        return
+    import wandb
+
+    for key, value in eval_figures(result).items():
+        wandb_run.summary[key] = value
+    rows = [[side, e["prompt"], e["expected"], e["answer"]] for side in ("before", "after") if side in result
+            and result[side].get("answers") for e in result[side]["answers"]["examples"]]
+    if rows:
+        wandb_run.log({"eval/answers": wandb.Table(columns=["model", "prompt", "expected", "answer"], data=rows)})
+
+
+def resume_for_eval(config: Any, run_dir: Path, run_id: str | None) -> Any:
+    """The training's own W&B run, continued so that `evaluate` adds its figures to it (None without one)."""
+    if run_id is None or config.logger.kind != "wandb":
+        return None
+    mode = choose_mode(config.logger.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    kwargs = dict(project=config.logger.project, entity=config.logger.entity, dir=str(run_dir), id=run_id,
+                  resume="allow", reinit="finish_previous")
+    if mode != "online":
+        return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
+    try:
+        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=10), **kwargs)
+    except Exception as error:  # noqa: BLE001 - no network: the figures still go to eval.json and summary.json
+        log.warning("W&B: could not go online (%s); logging offline to the run directory instead",
+                    str(error).splitlines()[0] if str(error) else error)
+        return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+
+
 def finish(wandb_run: Any, summary: dict, exit_code: int = 0) -> None:
     if wandb_run is None:
         return

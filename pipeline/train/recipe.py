@@ -1,4 +1,5 @@
-"""One fine-tuning run, top to bottom: setup_data -> setup_model -> setup_trainer -> train -> save -> report.
+"""One fine-tuning run, top to bottom: setup_data -> setup_model -> setup_trainer -> train -> save -> evaluate ->
+report.
 
 Data is tokenized and checked with the run's one tokenizer, and target modules against a weightless skeleton of the
 model, before any weight loads. The run directory is locked while the run uses it; `summary.json` says `running`
@@ -112,6 +113,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
             raise RunInterrupted(graceful.exit_code, run_dir.path)
         evaluate_at_end(trainer, data, metrics, summary)
         save(run_dir, trainer, data)
+        evaluate_before_after(run, run_dir, summary, wandb_run)
         summary.update(status="completed", next=report.next_commands(run_dir.path))
     except RunFailed as error:
         summary.update(status="failed", error=error.line())
@@ -340,6 +342,29 @@ def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
     record = reference.record(trainer.model, samples)
     data.tokenizer.padding_side = "right"  # Unsloth's GPU trainer leaves it "left" (inference mode)
     run_dir.save_adapter(trainer.model, data.tokenizer, {reference.REFERENCE_FILE: json.dumps(record)})
+
+
+def evaluate_before_after(run: TrainConfig, run_dir: RunDirectory, summary: dict, wandb_run: Any) -> None:
+    """eval.before_after: what `python -m pipeline.evaluate` measures, on the adapter just saved, into eval.json,
+    summary.json and W&B. A failure here is one warning line and recorded; the saved adapter stands."""
+    if not run.eval.before_after:
+        return
+    import json
+
+    from pipeline.after.evaluate import evaluate
+    from pipeline.after.finished import FinishedRun
+    from pipeline.outputs.rundir import write_atomically
+
+    try:
+        result = evaluate(FinishedRun(run_dir.path, run, summary), run.eval)
+        write_atomically(run_dir.path / "eval.json", json.dumps(result, indent=2) + "\n")
+    except Exception as error:  # noqa: BLE001 - an evaluation that fails (memory, disk) must not undo the training
+        summary["eval"] = {"error": first_line(error)}
+        log.warning("eval.before_after: the evaluation failed (%s); the adapter is saved, retry with "
+                    "python -m pipeline.evaluate run=%s", first_line(error), run_dir.path)
+        return
+    summary["eval"] = result
+    tracking.log_eval(wandb_run, result)
 
 
 def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, summary: dict, trainer: Any,

@@ -14,10 +14,11 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.outputs.rundir import RunDirectory, is_complete_checkpoint
 
-# keys a resumed run may change: how often it logs, evaluates and saves, how long it goes on, where it logs
+# keys a resumed run may change: how often it logs, evaluates and saves, how long it goes on, where it logs, and the
+# evaluation after training (it reads the saved adapter, never the training)
 SAFE_TO_CHANGE = ("trainer.max_steps", "trainer.num_train_epochs", "trainer.save_steps", "trainer.eval_steps",
                   "trainer.logging_steps", "trainer.save_total_limit", "trainer.per_device_eval_batch_size",
-                  "logger.", "name", "resume", "data.cache", "data.preview_samples")
+                  "logger.", "eval.", "name", "resume", "data.cache", "data.preview_samples")
 
 
 @dataclass(frozen=True)
@@ -73,5 +74,5 @@ def check_same_training(saved: dict, current: dict) -> None:
     if changed:
         details = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed)
         raise ConfigError("resume", f"the config differs from the run's in {details}",
-                          "resume with the run's values (only max_steps, save/eval/logging cadence and the logger "
-                          "may change), or start a new run")
+                          "resume with the run's values (only max_steps, save/eval/logging cadence, the logger "
+                          "and eval.* may change), or start a new run")
