@@ -5,8 +5,10 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 
 def self_attributes(function) -> set[str]:
@@ -121,3 +123,36 @@ def test_a_quiet_failed_job_raises_without_hydra_line(capsys: pytest.CaptureFixt
     done = JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)
     quiet_failed_job(done)
     assert done.return_value == 0.5
+
+
+def test_llama_cpp_converter_still_picks_the_pre_tokenizer_where_we_hook_it() -> None:
+    """`run_gguf_converter` wraps conversion.base.TextModel.get_vocab_base_pre of the converter `make setup`
+    fetched; the GGUF export test runs it end to end."""
+    import sys
+
+    from pipeline.after.export import FETCHED_LLAMA_CPP
+    from pipeline.compat import splits_like_gpt2
+
+    if not (FETCHED_LLAMA_CPP / "convert_hf_to_gguf.py").is_file():
+        pytest.skip("llama.cpp's converter was not fetched (tools/get_llama_cpp.py)")
+    sys.path[:0] = [str(FETCHED_LLAMA_CPP), str(FETCHED_LLAMA_CPP / "gguf-py")]
+    try:
+        from conversion.base import TextModel
+
+        assert callable(TextModel.get_vocab_base_pre)
+    finally:
+        del sys.path[:2]
+    assert splits_like_gpt2(REPO / "assets" / "tiny-llama" / "tokenizer.json")
+
+
+def test_only_gpt2_style_splitting_gets_the_gpt2_fallback(tmp_path: Path) -> None:
+    import json
+
+    from pipeline.compat import splits_like_gpt2
+
+    spec = json.loads((REPO / "assets" / "tiny-llama" / "tokenizer.json").read_text())
+    for change in ({"normalizer": {"type": "NFC"}}, {"pre_tokenizer": {"type": "Metaspace"}},
+                   {"pre_tokenizer": {**spec["pre_tokenizer"], "add_prefix_space": True}}):
+        (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, **change}))
+        assert not splits_like_gpt2(tmp_path / "tokenizer.json"), change
+    assert not splits_like_gpt2(tmp_path / "missing.json")

@@ -49,7 +49,8 @@ def test_experiment_header_is_the_command_that_runs_it() -> None:
     for path in sorted((CONF / "experiment").glob("*.yaml")):
         lines = path.read_text().splitlines()
         assert lines[0] == "# @package _global_", path
-        assert lines[1].startswith(f"# python -m pipeline.train experiment={path.stem}"), path
+        assert lines[1].startswith((f"# python -m pipeline.train experiment={path.stem}",
+                                    f"# python -m pipeline.train -m experiment={path.stem}")), path
 
 
 def _field_lines_without_comment(text: str) -> list[str]:

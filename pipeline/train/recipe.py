@@ -67,6 +67,7 @@ class Model:
     resolution: targets.Resolution
     loaded: dict             # the repo and quantization the weights really came from
     notes: list[str] = field(default_factory=list)
+    plan_vram_gib: float | None = None  # what `plan` prices this run at on a GPU, beside the peak it really used
 
 
 @dataclass
@@ -224,6 +225,9 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, context.preset)
     targets.validate_against_model(resolution, skeleton)
     targets.check_rank_fits(resolution, skeleton, run.lora.r)
+    from pipeline.plan.estimate import estimate
+
+    planned = estimate(skeleton, run, resolution.target_modules, target_parameters=resolution.target_parameters)
     set_seed(run.seed)
     model = load_model(backend, run, precision)
     loaded = describe_loaded(model)
@@ -237,7 +241,7 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
-    return Model(model, resolution, loaded, notes)
+    return Model(model, resolution, loaded, notes, round(planned.vram_gib, 3))
 
 
 def follow_loaded_model(run: TrainConfig, context: RunContext, resolution: targets.Resolution, skeleton: Any,
@@ -420,5 +424,5 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
         "effective_batch_size": effective_batch, "train_samples": len(data.datasets.train),
         "eval_samples": len(evaluation) if evaluation else 0, "data_format": data.source_format,
-        "data_stats": data.prepared.stats_dict(), "notes": list(built.notes),
+        "data_stats": data.prepared.stats_dict(), "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
     }
