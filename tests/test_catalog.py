@@ -284,8 +284,6 @@ CASES = [
           "trainer.max_steps=4", exit=0, lines=-1, status="completed", line="note: model.dtype=float16",
           says="note: trainer.optim=adamw_8bit", leaves=("summary.json", "adapter"),
           summary=(("precision", "float32"),)),  # fp16 on CPU ended in NaN before
-    train("packing packs", "data.packing=true", "trainer.max_steps=4", "backend=hf", exit=0, lines=-1,
-          status="completed", line="packing: 72 samples -> ", leaves=("summary.json", "adapter")),
     train("W&B key with no network", "logger=wandb", "trainer.max_steps=4", exit=0, lines=-1, status="completed",
           env=(("WANDB_API_KEY", "x" * 40), ("WANDB_BASE_URL", "https://api.wandb.invalid")),
           line="W&B: ", leaves=("summary.json", "adapter")),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_cli
+from conftest import REPO, compose, run_cli
 
 from pipeline.config import to_runconfig
 
@@ -50,14 +50,17 @@ def test_a_nan_loss_fails_the_run_and_saves_no_adapter(tmp_path: Path, monkeypat
 
 
 def test_packing_trains_the_same_tokens_in_fewer_steps(tmp_path: Path, home: Path) -> None:
+    """TRL's packing on our tokenized rows (alpaca here: a prompt/completion form), said in one line."""
     summaries = {}
     for packing in ("false", "true"):
         run_dir = tmp_path / packing
         result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "logger=none",
                          "trainer.max_steps=-1", "trainer.num_train_epochs=1", "data.val_size=0",
+                         f"data.source={REPO / 'assets' / 'data' / 'tiny_alpaca.jsonl'}", "data.format=alpaca",
                          f"data.packing={packing}", f"hydra.run.dir={run_dir}", home=home)
         assert result.returncode == 0, result.stderr[-3000:]
         summaries[packing] = json.loads((run_dir / "summary.json").read_text())
+    assert "packing: 80 samples -> " in result.stdout  # the packed run says how it went
     plain, packed = summaries["false"], summaries["true"]
     assert packed["global_step"] < plain["global_step"]  # one epoch in fewer optimizer steps
     facts = packed["packing"]

@@ -78,20 +78,24 @@ def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: st
     mode = choose_mode(run.logger.mode)
     if mode == "disabled":
         return None
-    import wandb
-
     os.environ.setdefault("WANDB_LOG_MODEL", "false")  # adapters stay in the run directory, not W&B artifacts
     tags = [t for t in (context.model_choice, context.preset, context.choices.get("quantization"), run.backend)
             if t] + list(run.logger.tags)
-    kwargs = dict(project=run.logger.project, entity=run.logger.entity, name=run_name(run, context),
-                  group=sweep_group(run, context), tags=tags, config=config, dir=str(run_dir),
-                  reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
+    return init(mode, project=run.logger.project, entity=run.logger.entity, name=run_name(run, context),
+                group=sweep_group(run, context), tags=tags, config=config, dir=str(run_dir),
+                reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
+
+
+def init(mode: str, **kwargs: Any) -> Any:
+    """`wandb.init` that never prompts or hangs: online falls back to offline, with one warning line."""
+    import wandb
+
     if mode != "online":
         return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
     try:
         # a key with no network: offline within 10 s (W&B waits 30 s by default), nothing is logged yet to lose
         return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=10), **kwargs)
-    except Exception as error:  # noqa: BLE001 - no network, bad key, server down: keep training, log offline
+    except Exception as error:  # noqa: BLE001 - no network, bad key, server down: keep going, log offline
         log.warning("W&B: could not go online (%s); logging offline to the run directory instead "
                     "(upload later with `wandb sync`)", str(error).splitlines()[0] if str(error) else error)
         return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
@@ -130,18 +134,8 @@ def resume_for_eval(config: Any, run_dir: Path, run_id: str | None) -> Any:
     mode = choose_mode(config.logger.mode)
     if mode == "disabled":
         return None
-    import wandb
-
-    kwargs = dict(project=config.logger.project, entity=config.logger.entity, dir=str(run_dir), id=run_id,
-                  resume="allow", reinit="finish_previous")
-    if mode != "online":
-        return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
-    try:
-        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=10), **kwargs)
-    except Exception as error:  # noqa: BLE001 - no network: the figures still go to eval.json and summary.json
-        log.warning("W&B: could not go online (%s); logging offline to the run directory instead",
-                    str(error).splitlines()[0] if str(error) else error)
-        return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+    return init(mode, project=config.logger.project, entity=config.logger.entity, dir=str(run_dir), id=run_id,
+                resume="allow", reinit="finish_previous")
 
 
 def finish(wandb_run: Any, summary: dict, exit_code: int = 0) -> None:
