@@ -35,8 +35,8 @@ def test_shell_completion_offers_every_group_from_any_directory(home: Path, tmp_
     top = complete("ft-train", "ft-train ", home, tmp_path)
     assert {"experiment=", "model=", "lora", "quantization=", "trainer=", "data=", "logger=", "resume="} <= set(top)
     assert complete("ft-train", "ft-train experiment=", home, tmp_path) == [
-        "experiment=compare_presets", "experiment=llama3_1_8b_alpaca", "experiment=phi3_mini_alpaca", "experiment=quickstart",
-        "experiment=qwen2_5_7b_chat"]
+        "experiment=compare_presets", "experiment=llama3_1_8b_alpaca", "experiment=phi3_mini_alpaca",
+        "experiment=quickstart", "experiment=qwen2_5_7b_chat"]
     assert complete("ft-plan", "ft-plan lora/", home, tmp_path) == ["lora/target_modules="]
 
 
