@@ -49,7 +49,7 @@ def build_random_1b(folder: Path) -> Path:
 
 
 def build_long_texts(path: Path) -> Path:
-    """64 text samples longer than 1024 tokens (the sample facts repeated), so every batch is full length."""
+    """64 text samples longer than 1024 tokens (the sample texts repeated), so every batch is full length."""
     facts = [json.loads(line)["text"] for line in (REPO / "assets/data/tiny_text.jsonl").read_text().splitlines()]
     with path.open("w") as f:
         for i in range(64):

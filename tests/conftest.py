@@ -103,10 +103,3 @@ def finished_run(quickstart: subprocess.CompletedProcess) -> Path:
     """The quickstart's run directory, for the commands that work on a finished run; tests that change it work on a
     copy."""
     return Path(quickstart.args[-1].removeprefix("hydra.run.dir="))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests of the shared quickstart run go to one xdist worker (`--dist loadgroup`), so it trains once."""
-    for item in items:
-        if {"quickstart", "finished_run"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("quickstart"))
