@@ -21,11 +21,9 @@ from pipeline.data import formats, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
 from pipeline.model import targets
 from pipeline.model.backends import (
-    asked_quantization,
     check_options,
     describe_loaded,
     get_backend,
-    loaded_quantization,
 )
 from pipeline.model.loading import (
     check_local_model,
@@ -39,6 +37,7 @@ from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
 from pipeline.train import resume as resume_lib
 from pipeline.train import stop
+from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -388,41 +387,3 @@ def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, sum
             log.warning("loss.png not written: %s", first_line(error))
     tracking.finish(wandb_run, summary, exit_code=0 if summary["status"] == "completed" else 1)
     report.print_summary(summary, run_dir.path)
-
-
-# --- what the run prints and records before training ----------------------------------------------------------------
-
-def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, data: Data, built: Model,
-                   run_dir: RunDirectory) -> dict:
-    """Print the header a reader checks before the first step, and return the same facts for summary.json."""
-    model, resolution = built.model, built.resolution
-    trainable, total = model.get_nb_trainable_parameters()
-    t = run.trainer
-    effective_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    evaluation = data.datasets.eval
-    report.print_header({
-        "model": f"{run.model.name} ({model.config.model_type})",
-        "backend": run.backend,
-        "quantization": f"{loaded_quantization(model)} (asked: {asked_quantization(run)}), "
-                        f"{precision.name} compute on {precision.device}",
-        "target modules": f"{resolution.target_modules + resolution.target_parameters} "
-                          f"({resolution.adapted_layers} layers, preset {context.preset})",
-        "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
-        "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
-                f"({data.source_format}{', from cache' if data.prepared.from_cache else ''})",
-        "train tokens": prepare.describe(data.prepared.stats["train"]),
-        "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
-                           f"{t.gradient_accumulation_steps} accumulation",
-        "run directory": str(run_dir.path),
-    })
-    for note in built.notes:
-        log.info("note: %s", note)
-    return {
-        "model_type": model.config.model_type, "quantization": loaded_quantization(model),
-        "precision": precision.name, "autocast": precision.autocast, "device": precision.device,
-        "loaded": built.loaded, "trainable_params": trainable, "total_params": total,
-        "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
-        "effective_batch_size": effective_batch, "train_samples": len(data.datasets.train),
-        "eval_samples": len(evaluation) if evaluation else 0, "data_format": data.source_format,
-        "data_stats": data.prepared.stats_dict(), "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
-    }
