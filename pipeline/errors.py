@@ -7,11 +7,10 @@ Contract (DESIGN.md): `error: <dotted.key>: <what is wrong>. <how to fix>` on st
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 EXIT_USAGE = 2
 
@@ -145,8 +144,8 @@ def report_and_exit(error: ConfigError) -> None:
 
 # one line per failed job of the running multirun, filled by `pipeline.cli.common.JobFailures`
 FAILED_JOBS: list[str] = []
-# the running multirun's summary table, as printed at its end (`pipeline.outputs.sweep.SweepSummary`)
-SWEEP_TABLE: list[str] = []
+# what the running multirun does at its end (print and log its summary: `pipeline.outputs.sweep.SweepSummary`)
+SWEEP_END: list[Callable[[], None]] = []
 
 
 def install_hydra_error_handler() -> None:
@@ -159,8 +158,8 @@ def install_hydra_error_handler() -> None:
             return
         error = to_config_error(ex) or _translate_hydra(ex)
         if FAILED_JOBS:  # a sweep: every failed job, each with its own line, not only the first
-            for line in SWEEP_TABLE:  # the summary a sweep prints at its end, which Hydra skips after a failure
-                logging.getLogger("pipeline.outputs.sweep").info("%s", line)
+            for end in SWEEP_END:  # the summary a sweep prints at its end, which Hydra skips after a failure
+                end()
             sys.stderr.write(f"{len(FAILED_JOBS)} job(s) failed:\n" + "\n".join(FAILED_JOBS) + "\n")
             sys.exit(getattr(error, "exit_code", EXIT_USAGE) if error is not None else 1)
         if error is not None:

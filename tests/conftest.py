@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,13 +88,24 @@ SECRET = "hf_secret_value_123"
 
 
 @pytest.fixture(scope="session")
-def quickstart(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+def quickstart(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> subprocess.CompletedProcess:
     """`make quickstart` as a user runs it (QLoRA on Unsloth, its evaluation at the end, W&B offline for want of a
-    key), with an HF token in the environment; `.args` ends with the run directory."""
-    home = tmp_path_factory.mktemp("home")
-    run_dir = tmp_path_factory.mktemp("runs") / "done"
-    result = run_cli("pipeline.train", "experiment=quickstart", "eval.before_after=true", f"hydra.run.dir={run_dir}",
-                     home=home, HF_TOKEN=SECRET, WANDB_API_KEY_FILE="/nonexistent")
+    key), with an HF token in the environment; `.args` ends with the run directory. It trains once per test session:
+    the first xdist worker to need it runs it, the others wait for it and read its record."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    record = shared / "quickstart.json"
+    with (shared / "quickstart.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.is_file():
+            home, run_dir = shared / "quickstart-home", shared / "quickstart-run"
+            home.mkdir()
+            result = run_cli("pipeline.train", "experiment=quickstart", "eval.before_after=true",
+                             f"hydra.run.dir={run_dir}", home=home, HF_TOKEN=SECRET, WANDB_API_KEY_FILE="/nonexistent")
+            record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                          "stdout": result.stdout, "stderr": result.stderr}))
+    result = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

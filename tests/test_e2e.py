@@ -105,7 +105,8 @@ def test_print_config_does_not_import_torch(home: Path) -> None:
     assert not imported & {"torch", "transformers", "unsloth", "trl", "peft"}
 
 
-def test_every_preset_trains_on_the_hf_backend(tmp_path: Path, home: Path) -> None:
+def test_every_preset_trains_on_the_hf_backend(tmp_path: Path, home: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """(Every preset on Unsloth, at two ranks: the sweep-summary test below.)"""
     sweep = tmp_path / "sweep"
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", "backend=hf",
@@ -119,6 +120,17 @@ def test_every_preset_trains_on_the_hf_backend(tmp_path: Path, home: Path) -> No
     assert seen["mlp"]["target_modules"] == ["gate_proj", "up_proj", "down_proj"]
     assert seen["attention"]["trainable_params"] == 2 * 16 * (128 + 96 + 96 + 128)  # 2 layers x r16 x (q, k, v, o)
     assert seen["attention"]["trainable_params"] < seen["all_linear"]["trainable_params"]
+    # the summary goes to the sweep's W&B group as one more run (offline: into the sweep directory, synced later)
+    from omegaconf import OmegaConf
+
+    from pipeline.outputs import sweep as sweep_lib
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(home))
+    sweep_lib.finish(sweep, OmegaConf.create({"kind": "wandb", "mode": "offline", "project": "p", "entity": None,
+                                              "group": None}))
+    logged = next((sweep / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    assert b"sweep/summary" in logged and b"sweep-summary" in logged and f"sweep-{tmp_path.name}-sweep".encode() in logged
 
 
 def test_sweep_summary_over_presets_and_ranks_lists_failed_jobs_too(tmp_path: Path, home: Path) -> None:

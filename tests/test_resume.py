@@ -115,40 +115,49 @@ def test_sigterm_stops_the_same_way_with_exit_143(tmp_path: Path, home: Path) ->
 
 
 # `finished_run` (conftest): the quickstart run (30 steps) the tests below try to continue or
-# overwrite; none of them changes it
+# overwrite, each on its own copy (the run is shared by the session's workers)
 FINISHED_STEPS = 30
 
 
-def test_resume_refuses_a_changed_lora_shape(finished_run: Path, home: Path) -> None:
+@pytest.fixture
+def finished(finished_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "done"
+    shutil.copytree(finished_run, copy, ignore=shutil.ignore_patterns(".lock"))
+    return copy
+
+
+def test_resume_refuses_a_changed_lora_shape(finished: Path, home: Path) -> None:
     result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
-                     "lora.r=8", "resume=auto", f"hydra.run.dir={finished_run}", home=home)
+                     "lora.r=8", "resume=auto", f"hydra.run.dir={finished}", home=home)
     assert result.returncode == 2
     assert result.stderr.startswith("error: resume: the config differs from the run's in lora.r (16 -> 8)")
-    assert summary_of(finished_run)["status"] == "completed"  # untouched
+    assert summary_of(finished)["status"] == "completed"  # untouched
 
 
-def test_resuming_a_finished_run_trains_nothing(finished_run: Path, home: Path) -> None:
-    before = (finished_run / "adapter" / "adapter_model.safetensors").read_bytes()
+def test_resuming_a_finished_trains_nothing(finished: Path, home: Path) -> None:
+    before = (finished / "adapter" / "adapter_model.safetensors").read_bytes()
     result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
-                     "trainer.logging_steps=1", "resume=auto", f"hydra.run.dir={finished_run}", home=home)
+                     "trainer.logging_steps=1", "resume=auto", f"hydra.run.dir={finished}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"already completed at step {FINISHED_STEPS}: nothing left to train" in result.stdout + result.stderr
-    assert summary_of(finished_run)["global_step"] == FINISHED_STEPS
-    assert (finished_run / "adapter" / "adapter_model.safetensors").read_bytes() == before
-    elsewhere = finished_run.parent / "elsewhere"  # resume=<run dir>: the run is continued where it lives
+    assert summary_of(finished)["global_step"] == FINISHED_STEPS
+    assert (finished / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    elsewhere = finished.parent / "elsewhere"  # resume=<run dir>: the run is continued where it lives
     result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"trainer.max_steps={FINISHED_STEPS}",
-                     f"resume={finished_run}", f"hydra.run.dir={elsewhere}", home=home)
+                     f"resume={finished}", f"hydra.run.dir={elsewhere}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing left to train" in result.stdout + result.stderr and not elsewhere.exists()
 
 
-def test_a_finished_run_is_never_overwritten(finished_run: Path, home: Path) -> None:
-    before = (finished_run / "summary.json").read_text()
-    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"hydra.run.dir={finished_run}",
+def test_a_finished_is_never_overwritten(finished: Path, home: Path) -> None:
+    before = (finished / "summary.json").read_text()
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"hydra.run.dir={finished}",
                      home=home)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: hydra.run.dir: {finished_run} already holds a completed run")
-    assert (finished_run / "summary.json").read_text() == before
+    assert result.stderr.startswith(f"error: hydra.run.dir: {finished} already holds a completed run")
+    assert (finished / "summary.json").read_text() == before
 
 
 def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: Path) -> None:

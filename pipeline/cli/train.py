@@ -22,8 +22,20 @@ def train(run: Any, context: RunContext) -> float | None:
     summary = run_recipe(run, context).summary
     if run.resume not in (None, "auto"):
         remove_if_only_hydra_files(context.run_dir)  # the run went on in the directory `resume` named
-    # Sweepers minimize this: eval loss when there is an eval split, else the last training loss.
-    return summary.get("eval_loss", summary.get("final_loss"))
+    return objective(run, context, summary)
+
+
+def objective(run: Any, context: RunContext, summary: dict) -> float | None:
+    """What sweepers minimize (`objective`): the eval loss (the final train loss without an eval split), or the
+    final train loss. A sweep's job with nothing to return fails rather than pass None on to the sweeper."""
+    value = summary.get("eval_loss") if run.objective == "eval_loss" else None
+    value = summary.get("final_loss") if value is None else value
+    if value is None and context.multirun:
+        from pipeline.errors import RunFailed
+
+        raise RunFailed("objective", f"the run logged no {run.objective} to return to the sweeper",
+                        "log at least once: trainer.logging_steps <= trainer.max_steps")
+    return value
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -146,6 +146,7 @@ class TrainConfig:
     seed: int = 3407
     backend: str = one_of("unsloth", "unsloth", "hf")
     resume: Optional[str] = None
+    objective: str = one_of("eval_loss", "eval_loss", "final_loss")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.errors import SWEEP_TABLE
+from pipeline.errors import SWEEP_END
 from pipeline.outputs.rundir import write_atomically
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,31 @@ class SweepSummary(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with (sweep_dir / JOBS_FILE).open("a") as f:
             f.write(json.dumps(record) + "\n")
-        rows = collect(sweep_dir)
-        write(sweep_dir, rows)
-        SWEEP_TABLE[:] = describe(rows, sweep_dir)  # printed at the end, also when a failed job ends the sweep
+        write(sweep_dir, collect(sweep_dir))
+        logger = config.get("logger")
+        SWEEP_END[:] = [lambda: finish(sweep_dir, logger)]  # Hydra skips on_multirun_end when a job failed
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        for line in SWEEP_TABLE:
-            log.info("%s", line)
+        SWEEP_END.clear()
+        finish(Path(config.hydra.sweep.dir), config.get("logger"))
+
+
+def finish(sweep_dir: Path, logger: Any) -> None:
+    """Once, when the sweep ends: the files, the table printed, and both logged to the sweep's W&B group. Rows are
+    read back from the sweep directory, so jobs that ran in other processes (submitit, Optuna) are in it too."""
+    from pipeline.errors import first_line
+    from pipeline.outputs import tracking
+
+    rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+    if not rows:
+        return
+    write(sweep_dir, rows)
+    for line in describe(rows, sweep_dir):
+        log.info("%s", line)
+    try:
+        tracking.publish_sweep(logger, sweep_dir, COLUMNS, rows, best_lines(rows))
+    except Exception as error:  # noqa: BLE001 - the summary is written either way; W&B is a copy of it
+        log.warning("W&B: the sweep summary was not logged (%s); it is in %s", first_line(error), sweep_dir)
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -121,7 +139,8 @@ def write(sweep_dir: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(sweep_dir / "sweep_summary.csv", text.getvalue())
-    write_atomically(sweep_dir / "sweep_summary.md", "\n".join(markdown(rows) + [""] + best_lines(rows)) + "\n")
+    verdict = best_lines(rows) + search_lines(sweep_dir, rows)
+    write_atomically(sweep_dir / "sweep_summary.md", "\n".join(markdown(rows) + [""] + verdict) + "\n")
     plot(sweep_dir / "sweep.png", rows)
 
 
@@ -169,7 +188,18 @@ def best_lines(rows: list[dict]) -> list[str]:
 def describe(rows: list[dict], sweep_dir: Path) -> list[str]:
     failed = sum(row["status"] == "failed" for row in rows)
     return [f"sweep: {len(rows)} jobs, {failed} failed; summary in {sweep_dir}/sweep_summary.md (csv, sweep.png)",
-            *markdown(rows), *best_lines(rows)]
+            *markdown(rows), *best_lines(rows), *search_lines(sweep_dir, rows)]
+
+
+def search_lines(sweep_dir: Path, rows: list[dict]) -> list[str]:
+    """Optuna's verdict (optimization_results.yaml, written when a search ends) and the job that reached it."""
+    results = read_yaml(sweep_dir / "optimization_results.yaml")
+    if not isinstance(results, dict) or "best_params" not in results:
+        return []
+    params = [f"{key}={value}" for key, value in results["best_params"].items()]
+    job = next((row["job"] for row in rows if set(params) <= set((row["overrides"] or "").split())), None)
+    return [f"optuna best trial: objective {results['best_value']:.4g}"
+            + (f", job {job}" if job is not None else "") + f" ({' '.join(params)})"]
 
 
 def plot(path: Path, rows: list[dict]) -> None:

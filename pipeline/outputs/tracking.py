@@ -55,20 +55,22 @@ def choose_mode(configured: str) -> str:
 
 
 def run_name(run: Any, context: RunContext) -> str:
+    """`<name or experiment>-<preset>-r<r>`; a sweep's job is named by its number and its overrides instead."""
     base = run.name or context.choices.get("experiment") or context.model_choice or "run"
-    parts = [base, context.preset, f"r{run.lora.r}"]
     if context.multirun:
-        parts.append(f"job{context.job_num}")
-    return "-".join(str(p) for p in parts)
+        return " ".join([f"{base}-job{context.job_num}", *context.overrides])
+    return f"{base}-{context.preset}-r{run.lora.r}"
 
 
 def sweep_group(run: Any, context: RunContext) -> str | None:
     """All jobs of one multirun share a group named after the sweep directory."""
     if run.logger.group:
         return run.logger.group
-    if context.multirun and context.sweep_dir:
-        return "sweep-" + "-".join(Path(context.sweep_dir).parts[-2:])  # e.g. sweep-2026-11-24-05-00-00
-    return None
+    return group_of_sweep(context.sweep_dir) if context.multirun and context.sweep_dir else None
+
+
+def group_of_sweep(sweep_dir: str | Path) -> str:
+    return "sweep-" + "-".join(Path(sweep_dir).parts[-2:])  # e.g. sweep-2026-11-24-05-00-00
 
 
 def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: str | None = None) -> Any:
@@ -145,3 +147,27 @@ def finish(wandb_run: Any, summary: dict, exit_code: int = 0) -> None:
         if summary.get(key) is not None:
             wandb_run.summary[key] = summary[key]
     wandb_run.finish(exit_code=exit_code)
+
+
+def publish_sweep(logger: Any, sweep_dir: Path, columns: tuple[str, ...], rows: list[dict], best: list[str]) -> None:
+    """A sweep's summary table and plot as one more run of the sweep's W&B group (job type `sweep-summary`);
+    offline, it waits in the sweep directory for `wandb sync`."""
+    if logger is None or logger.kind != "wandb":
+        return
+    mode = choose_mode(logger.mode)
+    if mode == "disabled":
+        return
+    import wandb
+
+    group = logger.group or group_of_sweep(sweep_dir)
+    wandb_run = init(mode, project=logger.project, entity=logger.entity, group=group, name=f"{group} summary",
+                     job_type="sweep-summary", dir=str(sweep_dir), config={"sweep_dir": str(sweep_dir)},
+                     reinit="finish_previous")
+    table = wandb.Table(columns=list(columns), data=[[row.get(c) for c in columns] for row in rows],
+                        allow_mixed_types=True)
+    figures = {"sweep/summary": table}
+    if (sweep_dir / "sweep.png").is_file():
+        figures["sweep/plot"] = wandb.Image(str(sweep_dir / "sweep.png"))
+    wandb_run.log(figures)
+    wandb_run.summary["sweep/best"] = best[0]
+    wandb_run.finish()

@@ -18,7 +18,7 @@ from pipeline.outputs.rundir import RunDirectory, is_complete_checkpoint
 # evaluation after training (it reads the saved adapter, never the training)
 SAFE_TO_CHANGE = ("trainer.max_steps", "trainer.num_train_epochs", "trainer.save_steps", "trainer.eval_steps",
                   "trainer.logging_steps", "trainer.save_total_limit", "trainer.per_device_eval_batch_size",
-                  "logger.", "eval.", "name", "resume", "data.cache", "data.preview_samples")
+                  "logger.", "eval.", "name", "resume", "objective", "data.cache", "data.preview_samples")
 
 
 @dataclass(frozen=True)
