@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build where a CPU wheel is at hand
 	$(PY) -m pip install -q torch==2.13.0
 ifeq ($(HAS_CUDA),1)
-	$(PY) -m pip install -q -e ".[gpu,optuna,dev]"
+	$(PY) -m pip install -q -e ".[gpu,optuna,slurm,dev]"
 else
-	$(PY) -m pip install -q -e ".[unsloth-cpu,optuna,dev]"
+	$(PY) -m pip install -q -e ".[unsloth-cpu,optuna,slurm,dev]"
 	# Unsloth's CPU backend: without its GPU-only dependencies, which cannot install or run here
 	$(PY) -m pip install -q --no-deps unsloth==$(UNSLOTH_VERSION) unsloth_zoo==$(UNSLOTH_VERSION)
 endif

@@ -35,3 +35,27 @@ def test_optuna_search_of_three_trials_names_its_best(tmp_path: Path, home: Path
     assert reported.group(3) in (sweep / "sweep_summary.md").read_text()
     config = (jobs[best] / "config.resolved.yaml").read_text()
     assert f"r: {results['best_params']['lora.r']}\n" in config
+
+
+def test_two_jobs_through_submitits_local_executor_both_complete(tmp_path: Path, home: Path) -> None:
+    """hydra/launcher=slurm_local: the slurm preset's launcher with submitit's local executor (no cluster)."""
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "hydra/launcher=slurm_local", "experiment=quickstart", "logger=none",
+                     "trainer.max_steps=2", "lora.r=4,8", f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit())
+    assert [summary_of(d)["status"] for d in jobs] == ["completed", "completed"]
+    assert {summary_of(d)["trainable_params"] for d in jobs} == {16384 // 2, 16384}  # all_linear at r=4 and r=8
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # each ran as a submitit job
+    assert "sweep: 2 jobs, 0 failed" in result.stdout  # the summary of jobs that ran in other processes
+
+
+def test_a_requeued_job_continues_with_resume_auto() -> None:
+    """What submitit runs again after a preemption or time limit (the launcher's `checkpoint`)."""
+    from hydra_plugins.pipeline_launchers import ResumingLocalLauncher, with_resume_auto
+
+    assert with_resume_auto(["lora.r=8", "resume=null"]) == ["lora.r=8", "resume=auto"]
+    launcher = ResumingLocalLauncher()
+    requeued = launcher.checkpoint(["lora.r=8"], "hydra.sweep.dir", 3, "job_id_for_3", {})
+    assert requeued.function is launcher and requeued.args == (["lora.r=8", "resume=auto"], "hydra.sweep.dir", 3,
+                                                              "job_id_for_3", {})

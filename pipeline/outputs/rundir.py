@@ -122,7 +122,7 @@ def is_complete_checkpoint(folder: Path) -> bool:
 def write_atomically(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path` (no `.tmp` is left
     behind when the write fails)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the pid: jobs of a sweep in parallel write its summary
     try:
         with tmp.open("w") as f:
             f.write(text)

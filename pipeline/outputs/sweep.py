@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,11 @@ class SweepSummary(Callback):
         with (sweep_dir / JOBS_FILE).open("a") as f:
             f.write(json.dumps(record) + "\n")
         write(sweep_dir, collect(sweep_dir))
-        logger = config.get("logger")
-        SWEEP_END[:] = [lambda: finish(sweep_dir, logger)]  # Hydra skips on_multirun_end when a job failed
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # in the process that runs the sweep (jobs may run in others): Hydra skips on_multirun_end after a failed job
+        sweep_dir, logger = Path(config.hydra.sweep.dir), config.get("logger")
+        SWEEP_END[:] = [lambda: finish(sweep_dir, logger)]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         SWEEP_END.clear()
@@ -224,7 +228,7 @@ def plot(path: Path, rows: list[dict]) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{len(done)} of {len(rows)} jobs completed")
     fig.tight_layout()
-    staging = path.with_name(path.stem + ".tmp.png")
+    staging = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(staging, dpi=100)
     plt.close(fig)
     staging.replace(path)
