@@ -43,7 +43,8 @@ def test_partial_writes_are_removed_and_complete_checkpoints_kept(tmp_path: Path
 
     run_dir = RunDirectory(tmp_path)
     complete, partial = tmp_path / "checkpoints" / "checkpoint-10", tmp_path / "checkpoints" / "checkpoint-20"
-    for folder, names in ((complete, (*CHECKPOINT_FILES, "adapter_model.safetensors")), (partial, ("optimizer.pt",))):
+    whole = (*CHECKPOINT_FILES, "rng_state.pth", "adapter_model.safetensors")
+    for folder, names in ((complete, whole), (partial, ("optimizer.pt",))):
         folder.mkdir(parents=True)
         for name in names:
             (folder / name).write_text("x")

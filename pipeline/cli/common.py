@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import register_configs, register_resolvers, to_runconfig
 from pipeline.config.context import RunContext, from_hydra
+from pipeline.config.launch import is_main_process, single_process_note
 from pipeline.config.resolvers import REPO
 from pipeline.config.validate import to_afterconfig
 from pipeline.errors import (
@@ -59,10 +60,12 @@ def run_command(cfg: DictConfig, work: Callable[[Any, RunContext], T]) -> T:
         if offline:
             log.info("note: %s", offline)
             context = dataclasses.replace(context, notes=(*context.notes, offline))
+        if single_process_note():  # printed with the header's notes, kept in summary.json
+            context = dataclasses.replace(context, notes=(*context.notes, single_process_note()))
         return work(run, context)
     except ConfigError as error:
         run_dir = _hydra_output_dir()
-        if run_dir is not None:
+        if run_dir is not None and is_main_process():  # the other processes of a launch leave the directory alone
             remove_if_only_hydra_files(run_dir)
         if _in_multirun():
             raise

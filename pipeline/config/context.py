@@ -25,6 +25,13 @@ class RunContext:
     architecture_applies: bool = True  # the model preset's architecture numbers describe model.name
     notes: tuple[str, ...] = ()        # what the command changed about the environment (e.g. went offline)
     hydra_files: tuple[tuple[str, str], ...] = ()  # .hydra/ (name, YAML), written once the run directory is ours
+    rank: int = 0                      # this process in a torchrun / accelerate launch (0: the one that writes)
+    world_size: int = 1                # processes in the launch
+
+    @property
+    def main_process(self) -> bool:
+        """Rank 0 alone writes the run directory, the data cache, the console summary and W&B."""
+        return self.rank == 0
 
     @property
     def model_choice(self) -> Optional[str]:
@@ -36,8 +43,10 @@ def from_hydra(run: Any) -> RunContext:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from pipeline.config import launch
+
     if not HydraConfig.initialized():
-        return RunContext(run_dir=Path.cwd())
+        return RunContext(run_dir=Path.cwd(), rank=launch.rank(), world_size=launch.world_size())
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     choices = dict(hc.runtime.choices)
@@ -47,7 +56,8 @@ def from_hydra(run: Any) -> RunContext:
         job_num=hc.job.num if multirun else None, sweep_dir=hc.sweep.dir if multirun else None,
         preset=preset_label(run.lora.target_modules, choices.get(TARGETS_GROUP)),
         # numbers copied from a preset's config.json do not describe another model named on the command line
-        architecture_applies=not any(o.lstrip("+~").startswith("model.name=") for o in overrides))
+        architecture_applies=not any(o.lstrip("+~").startswith("model.name=") for o in overrides),
+        rank=launch.rank(), world_size=launch.world_size())
 
 
 def preset_roles(option: str) -> list[str]:

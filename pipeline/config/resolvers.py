@@ -1,4 +1,5 @@
-"""OmegaConf resolvers the config tree uses: `${pipeline.repo_path:x}` and `${pipeline.suffix:name}`."""
+"""OmegaConf resolvers the config tree uses: `${pipeline.repo_path:x}`, `${pipeline.suffix:name}`, and the launch's
+`${pipeline.launch_time:fmt}` and `${pipeline.main_process_file:path}` (pipeline.config.launch)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from pipeline.config.launch import launch_time, main_process_file
 
 REPO = Path(__file__).resolve().parents[2]
 UNSAFE_IN_NAME = re.compile(r"[^\w.+-]")  # what `name` may not hold (the schema refuses it)
@@ -46,9 +49,11 @@ def user_groups() -> str:
 
 def register_resolvers() -> None:
     """`${pipeline.repo_path:x}` for shipped assets; `${pipeline.suffix:name}` gives '_name' or ''; the groups for
-    `--help`."""
+    `--help`; the run directory's time and the log file, the same for every process of a launch."""
     if not OmegaConf.has_resolver("pipeline.repo_path"):
         OmegaConf.register_new_resolver("pipeline.repo_path", repo_path)
         OmegaConf.register_new_resolver("pipeline.suffix", run_dir_suffix)
         OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)
         OmegaConf.register_new_resolver("pipeline.after_dir", lambda run: run or "outputs/no-run")
+        OmegaConf.register_new_resolver("pipeline.launch_time", launch_time)
+        OmegaConf.register_new_resolver("pipeline.main_process_file", main_process_file)

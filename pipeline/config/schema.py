@@ -132,6 +132,16 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = one_of("none", "none", "ddp", "fsdp")
+    backend: str = one_of("auto", "auto", "nccl", "gloo")
+    find_unused_parameters: bool = False
+    reshard_after_forward: bool = True
+    cpu_ram_efficient_loading: bool = True
+    cpu_offload: bool = False
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
@@ -140,6 +150,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     name: Optional[str] = checked(None, lambda v: v is None or re.fullmatch(r"[\w.+-]+", v) is not None,
                                   "must be letters, digits, '_', '-', '.' or '+' (it names the run directory)",
                                   "my_run")
@@ -178,7 +189,7 @@ class AfterConfig:
 
 
 GROUPS = {"model": ModelConfig, "quantization": QuantizationConfig, "lora": LoraConfig, "data": DataConfig,
-          "trainer": TrainerConfig, "logger": LoggerConfig}
+          "trainer": TrainerConfig, "logger": LoggerConfig, "distributed": DistributedConfig}
 
 
 def register_configs() -> None:

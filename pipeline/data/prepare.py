@@ -108,8 +108,9 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
     return dataset.select_columns(["input_ids", "labels"]), stats
 
 
-def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:
-    """Tokenized, masked, length-checked train/eval sets, served from the cache when nothing changed."""
+def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = True) -> Prepared:
+    """Tokenized, masked, length-checked train/eval sets, served from the cache when nothing changed. `write_cache`
+    is False in the processes of a launch other than rank 0: they read the cache, never write it at the same time."""
     max_length = run.data.max_length or run.model.max_seq_length
     folder = cache_root() / cache_key(run, tokenizer, max_length)
     if run.data.cache and (cached := load_cached(folder)) is not None:
@@ -123,7 +124,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any) -> Prepared:
                                                        run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder if run.data.cache else None, False)
-    if run.data.cache and not folder.exists():
+    if run.data.cache and write_cache and not folder.exists():
         try:
             save_cached(folder, prepared)
         except OSError as error:  # a cache is a saving, not a result: the run goes on without it, and says so

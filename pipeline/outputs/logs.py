@@ -13,10 +13,16 @@ CONSOLE_LOGGERS = ("pipeline", "hydra", "__main__")
 
 class OursOnly(logging.Filter):
     """Console filter (conf/hydra/job_logging/pipeline.yaml): records of our own loggers pass, the rest stays in the
-    log file."""
+    log file. The other processes of a launch show warnings only: rank 0 prints the header and summary once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from pipeline.config.launch import is_main_process
+
+        self.lowest = logging.INFO if is_main_process() else logging.WARNING
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name.split(".")[0] in CONSOLE_LOGGERS
+        return record.name.split(".")[0] in CONSOLE_LOGGERS and record.levelno >= self.lowest
 
 
 @contextmanager

@@ -1,7 +1,9 @@
 """The run directory: its layout, a lock while a run uses it, the status file, and atomic writes.
 
 A kill at any moment leaves each file either as it was or complete: files are written to a temporary path and
-renamed. A directory that already holds a run is only continued with `resume`, never silently overwritten.
+renamed. A directory that already holds a run is only continued with `resume`, never silently overwritten. In a
+launch of several processes only rank 0 writes here (`writes`); the trainer adds each rank's rng_state_<rank>.pth to
+a checkpoint itself.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from pipeline.errors import ConfigError, RunFailed
 
 # what a trainer checkpoint must hold to be resumed from (HF writes them one by one, trainer_state.json late)
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "training_args.bin")
+RNG_STATE_FILES = ("rng_state.pth", "rng_state_0.pth")  # one process | rank 0 of several
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 # a write refused by the filesystem: full, over quota, file too large, read-only, not permitted
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunDirectory:
     path: Path
+    writes: bool = True  # False in the processes of a launch other than rank 0: every write below does nothing
     _lock: Any = field(default=None, repr=False)
 
     @property
@@ -49,6 +53,8 @@ class RunDirectory:
 
     def lock(self) -> None:
         """Hold an exclusive lock for this process's lifetime: a second run into the same directory is refused."""
+        if not self.writes:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         handle = (self.path / ".lock").open("a")
         try:
@@ -62,6 +68,8 @@ class RunDirectory:
 
     def write_summary(self, summary: dict) -> None:
         """Atomically; on a full disk, in place (the old summary's space is reused) rather than not at all."""
+        if not self.writes:
+            return
         text = json.dumps(summary, indent=2, default=str) + "\n"
         try:
             write_atomically(self.summary_file, text)
@@ -86,6 +94,8 @@ class RunDirectory:
     def remove_partial_writes(self) -> None:
         """What a failed write left half done (an incomplete checkpoint, temporary files): never a result, and on a
         full disk its space is what the summary needs."""
+        if not self.writes:
+            return
         for folder in self.checkpoints.glob("checkpoint-*"):
             if not is_complete_checkpoint(folder):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -100,6 +110,8 @@ class RunDirectory:
 
     def save_adapter(self, model: Any, tokenizer: Any, extra_files: dict[str, str] | None = None) -> None:
         """The final adapter, tokenizer and `extra_files`, whole or not at all: written beside, then renamed."""
+        if not self.writes:
+            return
         staging, previous = self.path / "adapter.tmp", self.path / "adapter.previous"
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
@@ -115,8 +127,10 @@ class RunDirectory:
 
 def is_complete_checkpoint(folder: Path) -> bool:
     has_weights = any((folder / name).is_file() for name in ("adapter_model.safetensors", "model.safetensors"))
-    return has_weights and all((folder / name).is_file() and (folder / name).stat().st_size > 0
-                               for name in CHECKPOINT_FILES)
+    def whole(name: str) -> bool:
+        return (folder / name).is_file() and (folder / name).stat().st_size > 0
+
+    return has_weights and all(whole(name) for name in CHECKPOINT_FILES) and any(map(whole, RNG_STATE_FILES))
 
 
 def write_atomically(path: Path, text: str) -> None:

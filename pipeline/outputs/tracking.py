@@ -74,8 +74,9 @@ def group_of_sweep(sweep_dir: str | Path) -> str:
 
 
 def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: str | None = None) -> Any:
-    """Start a W&B run (or nothing for logger=none); returns the run or None. `run_id` continues that run."""
-    if run.logger.kind != "wandb":
+    """Start a W&B run (or nothing for logger=none); returns the run or None. `run_id` continues that run. In a
+    launch of several processes, rank 0 alone logs (the trainer's figures are already averaged over the ranks)."""
+    if run.logger.kind != "wandb" or not context.main_process:
         return None
     mode = choose_mode(run.logger.mode)
     if mode == "disabled":

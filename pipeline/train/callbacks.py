@@ -22,13 +22,14 @@ class MetricsFile(TrainerCallback):
     """One JSON object per logged step in metrics.jsonl: what is logged at one step (loss, eval loss, the final
     train figures) goes into that step's row, which is on file as soon as it is logged."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None = None, write: bool = True):
+        self.path, self.write = path, write  # write=False: the rows in memory alone (ranks > 0 of a launch)
         rows = read_rows(path) if resume_step is not None else []
         # rows past the checkpoint were logged by the killed run: they come again
         self.rows: list[dict] = [r for r in rows if r["step"] <= resume_step] if resume_step is not None else []
-        write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self._last_row_at = path.stat().st_size - len(json.dumps(self.rows[-1]) + "\n") if self.rows else 0
+        if write:
+            write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._last_row_at = path.stat().st_size - len(json.dumps(self.rows[-1]) + "\n") if write and self.rows else 0
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not logs:
@@ -38,7 +39,9 @@ class MetricsFile(TrainerCallback):
             self.rows[-1].update(values)  # the same step again: its row is rewritten, not repeated
         else:
             self.rows.append({"step": state.global_step, "epoch": state.epoch, **values})
-            self._last_row_at = self.path.stat().st_size
+            self._last_row_at = self.path.stat().st_size if self.write else 0
+        if not self.write:
+            return
         with self.path.open("r+") as f:
             f.truncate(self._last_row_at)
             f.seek(self._last_row_at)

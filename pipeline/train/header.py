@@ -25,7 +25,9 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
     model, resolution = built.model, built.resolution
     trainable, total = model.get_nb_trainable_parameters()
     t = run.trainer
-    effective_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    effective_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * context.world_size
+    sharding = "fsdp" if run.distributed.strategy == "fsdp" else "ddp"
+    processes = f" x {context.world_size} processes ({sharding})" if context.world_size > 1 else ""
     evaluation = data.datasets.eval
     report.print_header({
         "model": f"{run.model.name} ({model.config.model_type})",
@@ -39,7 +41,7 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
                 f"({data.source_format}{', from cache' if data.prepared.from_cache else ''})",
         "train tokens": prepare.describe(data.prepared.stats["train"]),
         "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
-                           f"{t.gradient_accumulation_steps} accumulation",
+                           f"{t.gradient_accumulation_steps} accumulation{processes}",
         "run directory": str(run_dir.path),
     })
     for note in built.notes:
@@ -49,7 +51,8 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "precision": precision.name, "autocast": precision.autocast, "device": precision.device,
         "loaded": built.loaded, "trainable_params": trainable, "total_params": total,
         "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
-        "effective_batch_size": effective_batch, "train_samples": len(data.datasets.train),
-        "eval_samples": len(evaluation) if evaluation else 0, "data_format": data.source_format,
+        "effective_batch_size": effective_batch, "processes": context.world_size,
+        "train_samples": len(data.datasets.train), "eval_samples": len(evaluation) if evaluation else 0,
+        "data_format": data.source_format,
         "data_stats": data.prepared.stats_dict(), "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
     }

@@ -4,6 +4,8 @@ report.
 Data is tokenized and checked with the run's one tokenizer, and target modules against a weightless skeleton of the
 model, before any weight loads. The run directory is locked while the run uses it; `summary.json` says `running`
 (with the pid) from the start, then `completed`, `failed` or `interrupted`; a run is continued with `resume`.
+Launched as several processes (torchrun, accelerate launch), every rank runs the same stages on its share of each
+batch; rank 0 alone writes the run directory, evaluates before/after and reports (`RunDirectory.writes`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
 from pipeline.train import resume as resume_lib
 from pipeline.train import stop
+from pipeline.train.distributed import check_launch
 from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
 
@@ -89,16 +92,17 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         raw = read_data(run)  # mistakes in the data cost no model import
         precision = resolve_precision(run.model.dtype, run.backend)  # torch only: before any weight loads
         check_options(run, precision.device)
+        check_launch(run, context, precision.device)
         backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
         stop.raise_if_requested()  # a Ctrl-C that the import swallowed
-        data = setup_data(run, raw)
+        data = setup_data(run, raw, write_cache=context.main_process)
         stop.raise_if_requested()
         built = setup_model(run, context, backend, precision)
         stop.raise_if_requested()
         summary.update(describe_setup(run, context, precision, data, built, run_dir))
         from pipeline.train.callbacks import GracefulStop, MetricsFile, NumericalGuard
 
-        metrics = MetricsFile(run_dir.path / "metrics.jsonl", point.step if point else None)
+        metrics = MetricsFile(run_dir.path / "metrics.jsonl", point.step if point else None, write=run_dir.writes)
         graceful, guard = GracefulStop(), NumericalGuard()
         wandb_run = tracking.start(run, to_plain_dict(run), run_dir.path, context,
                                    run_id=previous.get("wandb_run_id") if point else None)  # the same W&B run
@@ -119,7 +123,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         summary.update(status="failed", error=error.line())
         raise
     except ConfigError:
-        if point is None:
+        if point is None and run_dir.writes:
             forget_run(run_dir)  # a mistake found during set-up leaves nothing that looks like a run
             raise
         summary.update(status="failed", error="a config error stopped the resumed run")
@@ -146,7 +150,9 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
 def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirectory, Any]:
     """Lock the run directory; a directory that holds a run is only continued with `resume`, never overwritten."""
     path = resume_lib.run_directory_of(run.resume, context.run_dir) if run.resume else context.run_dir
-    run_dir = RunDirectory(path)
+    run_dir = RunDirectory(path, writes=context.main_process)
+    if not run_dir.writes:  # rank 0 checks and writes; the others only need the same resume point
+        return run_dir, resume_lib.find_resume_point(run.resume, run_dir) if run.resume else None
     run_dir.lock()
     previous = run_dir.read_summary()
     if run.resume is None:
@@ -199,11 +205,11 @@ def read_data(run: TrainConfig) -> formats.Raw:
     return formats.read(run.data)
 
 
-def setup_data(run: TrainConfig, raw: formats.Raw) -> Data:
+def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> Data:
     """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
     tokenizer = load_tokenizer(run)
     built = formats.build(run.data, tokenizer, run.seed, raw)
-    prepared = prepare.prepare(built, tokenizer, run)
+    prepared = prepare.prepare(built, tokenizer, run, write_cache)
     t = run.trainer
     if t.per_device_train_batch_size * t.gradient_accumulation_steps > len(prepared.train):
         raise ConfigError("trainer.gradient_accumulation_steps", f"an effective batch of "
@@ -267,7 +273,7 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
 
     asked = trainer_lib.sft_config_kwargs(run, precision, run_dir.checkpoints, data.datasets,
                                           ["wandb"] if wandb_run is not None else ["none"],
-                                          tracking.run_name(run, context))
+                                          tracking.run_name(run, context), context.world_size)
     reference = trainer_lib.reference_settings(asked)
     trainer = trainer_lib.build_trainer(built.model, data.tokenizer, data.datasets,
                                         trainer_lib.build_sft_config(asked), callbacks, precision, run.backend)
@@ -339,6 +345,8 @@ def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
     or not at all."""
     import json
 
+    if not run_dir.writes:
+        return
     from pipeline.after import reference
 
     samples = reference.pick_samples(data.datasets.eval if data.datasets.eval is not None else data.datasets.train)
@@ -350,7 +358,7 @@ def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
 def evaluate_before_after(run: TrainConfig, run_dir: RunDirectory, summary: dict, wandb_run: Any) -> None:
     """eval.before_after: what `python -m pipeline.evaluate` measures, on the adapter just saved, into eval.json,
     summary.json and W&B. A failure here is one warning line and recorded; the saved adapter stands."""
-    if not run.eval.before_after:
+    if not run.eval.before_after or not run_dir.writes:
         return
     import json
 
@@ -375,6 +383,8 @@ def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, sum
     """summary.json, loss.png, W&B's summary: written whatever happened, so a failed sweep job explains itself."""
     rows = metrics.rows if metrics is not None else []
     report.close_progress_bars(trainer)
+    if not run_dir.writes:
+        return
     summary.update(report.training_facts(trainer.state if trainer is not None else None, rows,
                                          time.time() - started, precision.device if precision else "cpu"))
     if summary["status"] != "running":

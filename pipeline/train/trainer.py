@@ -45,7 +45,9 @@ def build_sft_config(kwargs: dict[str, Any]) -> Any:
 
 
 def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, datasets: Datasets,
-                      report_to: list[str], run_name: str) -> dict[str, Any]:
+                      report_to: list[str], run_name: str, world_size: int = 1) -> dict[str, Any]:
+    from pipeline.train.distributed import trainer_kwargs
+
     t = run.trainer
     return dict(
         output_dir=str(checkpoints_dir),
@@ -84,6 +86,7 @@ def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, dat
         # the data is already tokenized, masked and length-checked by TRL's own code (pipeline.data.prepare): neither
         # TRL nor Unsloth's GPU replacement prepares it again (packing still goes through the trainer's own path)
         dataset_kwargs={"skip_prepare_dataset": not run.data.packing},
+        **trainer_kwargs(run.distributed, precision.device, world_size),
     )
 
 

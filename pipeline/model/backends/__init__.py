@@ -22,14 +22,15 @@ def get_backend(name: str) -> ModuleType:
     return backend
 
 
-def bnb_config(quant: Any, compute_dtype: Any) -> Any:
-    """transformers' BitsAndBytesConfig for the quantization group; None for 16-bit."""
+def bnb_config(quant: Any, compute_dtype: Any, storage: dict | None = None) -> Any:
+    """transformers' BitsAndBytesConfig for the quantization group; None for 16-bit. `storage`: FSDP's float
+    bnb_4bit_quant_storage (pipeline.train.distributed.quant_storage)."""
     from transformers import BitsAndBytesConfig
 
     if quant.bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
                                   bnb_4bit_use_double_quant=quant.double_quant,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+                                  bnb_4bit_compute_dtype=compute_dtype, **(storage or {}))
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.compat import keep_trainable_4bit_layout
+from pipeline.config.launch import local_rank
 from pipeline.model.backends import bnb_config, lora_kwargs
+from pipeline.train.distributed import quant_storage
 from pipeline.train.precision import Precision, compute_dtype
 
 
@@ -13,12 +15,14 @@ def load(run: Any, precision: Precision) -> Any:
     from transformers import AutoModelForCausalLM
 
     quant = run.quantization
-    quantization_config = bnb_config(quant, compute_dtype(quant.compute_dtype, precision))
+    dtype = compute_dtype(quant.compute_dtype, precision)
+    quantization_config = bnb_config(quant, dtype, quant_storage(run.distributed, dtype))
     model = AutoModelForCausalLM.from_pretrained(
         run.model.name,
         dtype=precision.dtype,
         quantization_config=quantization_config,
-        device_map={"": 0 if precision.device == "cuda" else "cpu"},  # placed once: no later .to() re-quantizes
+        # placed once (no later .to() re-quantizes): this process's GPU under a launch of several
+        device_map={"": local_rank() if precision.device == "cuda" else "cpu"},
         trust_remote_code=run.model.trust_remote_code,
         revision=run.model.revision,
     )
