@@ -39,10 +39,11 @@ def test_optuna_search_of_three_trials_names_its_best(tmp_path: Path, home: Path
 
 def test_two_jobs_through_submitits_local_executor_both_complete(tmp_path: Path, home: Path) -> None:
     """hydra/launcher=slurm_local: the slurm preset's launcher with submitit's local executor (no cluster)."""
-    sweep = tmp_path / "sweep"
     result = run_cli("pipeline.train", "-m", "hydra/launcher=slurm_local", "experiment=quickstart", "logger=none",
-                     "trainer.max_steps=2", "lora.r=4,8", f"hydra.sweep.dir={sweep}", home=home)
+                     "trainer.max_steps=2", "lora.r=4,8", home=home, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the default sweep directory: the jobs, in processes of their own, agree with the sweep on its time
+    [sweep] = (tmp_path / "outputs" / "multirun").glob("*/*")
     jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit())
     assert [summary_of(d)["status"] for d in jobs] == ["completed", "completed"]
     assert {summary_of(d)["trainable_params"] for d in jobs} == {16384 // 2, 16384}  # all_linear at r=4 and r=8

@@ -55,5 +55,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("pipeline.suffix", run_dir_suffix)
         OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)
         OmegaConf.register_new_resolver("pipeline.after_dir", lambda run: run or "outputs/no-run")
-        OmegaConf.register_new_resolver("pipeline.launch_time", launch_time)
+        # cached like Hydra's `now`: a sweep's jobs in other processes (submitit) get the sweep's own time
+        OmegaConf.register_new_resolver("pipeline.launch_time", launch_time, use_cache=True)
         OmegaConf.register_new_resolver("pipeline.main_process_file", main_process_file)
