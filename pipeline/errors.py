@@ -157,9 +157,9 @@ def install_hydra_error_handler() -> None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             return
         error = to_config_error(ex) or _translate_hydra(ex)
+        for end in SWEEP_END:  # the summary a sweep prints at its end, which Hydra skips after a failure
+            end()
         if FAILED_JOBS:  # a sweep: every failed job, each with its own line, not only the first
-            for end in SWEEP_END:  # the summary a sweep prints at its end, which Hydra skips after a failure
-                end()
             sys.stderr.write(f"{len(FAILED_JOBS)} job(s) failed:\n" + "\n".join(FAILED_JOBS) + "\n")
             sys.exit(getattr(error, "exit_code", EXIT_USAGE) if error is not None else 1)
         if error is not None:

@@ -234,8 +234,9 @@ CASES = [
     Case("plan: rank zero", ("lora.r=0",), "error: lora.r: 0 is out of range", command="pipeline.plan"),
     Case("plan: unknown key", ("lora.rank=8",), "error: lora.rank: unknown key", command="pipeline.plan"),
     Case("plan: model unknown", ("model=nosuch",), "error: model: unknown option 'nosuch'", command="pipeline.plan"),
-    Case("plan: target module missing", ("lora.target_modules=[foo_proj]",),
-         "error: lora.target_modules: 'foo_proj' matches no linear layer", command="pipeline.plan"),
+    Case("plan: target module missing", ("model=phi3_mini", "lora.target_modules=[q_proj,foo_proj]"),
+         "error: lora.target_modules: 'q_proj' matches no linear layer of this model (its linear layers: down_proj, "
+         "gate_up_proj, lm_head, o_proj, qkv_proj). Closest: 'qkv_proj'.", command="pipeline.plan"),
     Case("plan: group given a number", ("model=7",), "error: model: 7 is not an option name", command="pipeline.plan"),
     Case("plan: unparsable override", ("lora.target_modules=[q",), "error: lora.target_modules: cannot parse",
          command="pipeline.plan"),
@@ -289,7 +290,8 @@ CASES = [
           says="note: trainer.optim=adamw_8bit", leaves=("summary.json", "adapter"),
           summary=(("precision", "float32"),)),  # fp16 on CPU ended in NaN before
     train("W&B key with no network", "logger=wandb", "trainer.max_steps=4", exit=0, lines=-1, status="completed",
-          env=(("WANDB_API_KEY", "x" * 40), ("WANDB_BASE_URL", "https://api.wandb.invalid")),
+          env=(("WANDB_API_KEY", "x" * 40), ("WANDB_BASE_URL", "https://api.wandb.invalid"),
+               ("WANDB_INIT_TIMEOUT", "3")),
           line="W&B: ", leaves=("summary.json", "adapter")),
 ]
 

@@ -59,22 +59,13 @@ def test_quickstart_learns_its_task_and_says_so(quickstart: subprocess.Completed
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_quickstart_hf_backend(tmp_path: Path, home: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "logger=none",
-                     f"hydra.run.dir={run_dir}", home=home)
+def test_quickstart_on_the_hf_backend_with_a_named_template_from_trl(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "model.chat_template=llama-3.1",
+                     "logger=none", f"hydra.run.dir={tmp_path / 'a'}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = assert_completed_run(run_dir)
+    summary = assert_completed_run(tmp_path / "a")
     assert summary["backend"] == "hf" and summary["quantization"] == "4-bit"
     assert "Unsloth" not in result.stdout + result.stderr  # the plain backend never imports (and patches with) it
-
-
-def test_hf_backend_named_template_comes_from_trl_not_unsloth(tmp_path: Path, home: Path) -> None:
-    result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "model.chat_template=llama-3.1",
-                     "logger=none", "trainer.max_steps=2", "data.val_size=0", f"hydra.run.dir={tmp_path / 'a'}",
-                     home=home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Unsloth" not in result.stdout + result.stderr
     assert "<|start_header_id|>" in (tmp_path / "a" / "adapter" / "chat_template.jinja").read_text()
     result = run_cli("pipeline.train", "experiment=quickstart", "backend=hf", "model.chat_template=mistral",
                      f"hydra.run.dir={tmp_path / 'b'}", home=home)
@@ -82,8 +73,8 @@ def test_hf_backend_named_template_comes_from_trl_not_unsloth(tmp_path: Path, ho
     assert result.stderr.startswith("error: model.chat_template: 'mistral' is not among the templates TRL ships")
 
 
-@pytest.mark.parametrize("backend,quantization,loaded", [("hf", "int8", "8-bit"), ("hf", "none", "none"),
-                                                         ("unsloth", "none", "none")])
+# (hf with quantization=none trains to the end in test_resume's hf-16bit case)
+@pytest.mark.parametrize("backend,quantization,loaded", [("hf", "int8", "8-bit"), ("unsloth", "none", "none")])
 def test_other_quantizations_train(backend: str, quantization: str, loaded: str, tmp_path: Path, home: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli("pipeline.train", "experiment=quickstart", f"backend={backend}", f"quantization={quantization}",
@@ -130,7 +121,8 @@ def test_every_preset_trains_on_the_hf_backend(tmp_path: Path, home: Path,
     sweep_lib.finish(sweep, OmegaConf.create({"kind": "wandb", "mode": "offline", "project": "p", "entity": None,
                                               "group": None}))
     logged = next((sweep / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
-    assert b"sweep/summary" in logged and b"sweep-summary" in logged and f"sweep-{tmp_path.name}-sweep".encode() in logged
+    assert b"sweep/summary" in logged and b"sweep-summary" in logged
+    assert f"sweep-{tmp_path.name}-sweep".encode() in logged  # the group
 
 
 def test_sweep_summary_over_presets_and_ranks_lists_failed_jobs_too(tmp_path: Path, home: Path) -> None:
@@ -195,14 +187,6 @@ def test_plan_never_prices_the_preset_for_another_model(tmp_path: Path, home: Pa
                      f"hydra.run.dir={tmp_path / 'plan'}", home=home)
     assert result.returncode == 2  # offline: no config.json for that name, and the preset's numbers are not its
     assert result.stderr.startswith("error: model.name: no config.json for 'someone/another-model'")
-
-
-def test_plan_refuses_a_missing_module(tmp_path: Path, home: Path) -> None:
-    result = run_cli("pipeline.plan", "model=phi3_mini", "lora.target_modules=[q_proj,foo_proj]",
-                     f"hydra.run.dir={tmp_path / 'plan'}", home=home)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: lora.target_modules: 'q_proj' matches no linear layer")
-    assert "qkv_proj" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_moe_experts_train_through_target_parameters(tmp_path: Path, home: Path) -> None:

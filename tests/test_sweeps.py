@@ -60,3 +60,17 @@ def test_a_requeued_job_continues_with_resume_auto() -> None:
     requeued = launcher.checkpoint(["lora.r=8"], "hydra.sweep.dir", 3, "job_id_for_3", {})
     assert requeued.function is launcher and requeued.args == (["lora.r=8", "resume=auto"], "hydra.sweep.dir", 3,
                                                               "job_id_for_3", {})
+
+
+def test_the_slurm_preset_composes_with_its_fields_and_no_cluster(home: Path) -> None:
+    result = run_cli("pipeline.train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                     "hydra.launcher.account=lab", "--cfg", "hydra", "-p", "hydra.launcher", home=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import yaml
+
+    launcher = yaml.safe_load(result.stdout)
+    assert launcher["_target_"] == "hydra_plugins.pipeline_launchers.ResumingSlurmLauncher"
+    assert (launcher["partition"], launcher["account"], launcher["gpus_per_node"]) == ("gpu", "lab", 1)
+    assert launcher["max_num_timeout"] > 0  # a job at its time limit is requeued
+    wrong = run_cli("pipeline.train", "hydra/launcher=slurm", "hydra.launcher.gpus=2", "--cfg", "hydra", home=home)
+    assert wrong.returncode == 2 and "hydra.launcher.gpus" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -107,7 +107,7 @@ def test_jobs_of_one_sweep_share_a_group() -> None:
     one_part = RunContext(**{**job1.__dict__, "sweep_dir": "swp"})
     assert tracking.sweep_group(run, one_part) == "sweep-swp"  # a one-part sweep dir works
     job1 = RunContext(**{**job1.__dict__, "overrides": ("lora/target_modules=attention", "lora.r=16")})
-    assert tracking.run_name(run, job1) == "quickstart-job1 lora/target_modules=attention lora.r=16"  # says its overrides
+    assert tracking.run_name(run, job1) == "quickstart-job1 lora/target_modules=attention lora.r=16"  # its overrides
     assert tracking.run_name(run, RunContext(Path("x"), preset="attention")) == "quickstart-attention-r16"
 
 

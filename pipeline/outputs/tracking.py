@@ -96,8 +96,10 @@ def init(mode: str, **kwargs: Any) -> Any:
     if mode != "online":
         return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
     try:
-        # a key with no network: offline within 10 s (W&B waits 30 s by default), nothing is logged yet to lose
-        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=10), **kwargs)
+        # a key with no network: offline within 10 s (W&B waits 30 s by default; its WANDB_INIT_TIMEOUT still rules),
+        # nothing is logged yet to lose
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 10))
+        return wandb.init(mode="online", settings=wandb.Settings(silent=True, init_timeout=timeout), **kwargs)
     except Exception as error:  # noqa: BLE001 - no network, bad key, server down: keep going, log offline
         log.warning("W&B: could not go online (%s); logging offline to the run directory instead "
                     "(upload later with `wandb sync`)", str(error).splitlines()[0] if str(error) else error)
