@@ -35,7 +35,7 @@ quickstart: setup ## fine-tune the tiny offline model on CPU and print the summa
 	$(PY) -m pipeline.train experiment=quickstart
 
 test: setup ## run the whole test suite (configs, units, end to end), two workers
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 gpu-check: setup ## on a CUDA machine: quickstart, then a random-weight 1B model per preset (docs/gpu.md)
 	$(PY) benchmarks/gpu_check.py

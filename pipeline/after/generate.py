@@ -12,6 +12,10 @@ from pipeline.errors import ConfigError
 
 def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
     """(model, tokenizer) for `settings.source`, in eval mode."""
+    path = run.path / "export" / "merged_16bit"
+    if settings.source == "merged_16bit" and not (path / "config.json").is_file():  # before torch: a mistake is quick
+        raise ConfigError("generate.source", f"there is no merged export in {path}",
+                          f"write it first: python -m pipeline.export run={run.path}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -19,10 +23,6 @@ def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
 
     precision = resolve_precision(run.config.model.dtype, "hf")
     if settings.source == "merged_16bit":
-        path = run.path / "export" / "merged_16bit"
-        if not (path / "config.json").is_file():
-            raise ConfigError("generate.source", f"there is no merged export in {path}",
-                              f"write it first: python -m pipeline.export run={run.path}")
         dtype = torch.float32 if precision.device == "cpu" else precision.dtype  # CPUs compute in float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map(precision))
         return model.eval(), AutoTokenizer.from_pretrained(path)

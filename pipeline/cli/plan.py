@@ -19,6 +19,9 @@ from pipeline.plan.table import format_parts, format_table, plan
 
 
 def plan_command(run: Any, context: RunContext) -> dict:
+    from pipeline.model.loading import check_local_model
+
+    check_local_model(run.model.name)  # a path that is not there: said before any import
     result = plan(run, target_presets(), context.preset, context.architecture_applies)
     print_plan(result)
     write_hydra_files(context.run_dir, context.hydra_files)

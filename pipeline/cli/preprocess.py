@@ -39,10 +39,11 @@ def render(input_ids: list[int], labels: list[int], tokenizer: Any, colour: bool
 
 def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -> dict:
     from pipeline.data import formats, prepare, sources
-    from pipeline.model.loading import load_tokenizer
+    from pipeline.model.loading import check_local_model, load_tokenizer
     from pipeline.outputs.logs import route_library_logs
     from pipeline.outputs.rundir import write_atomically, write_hydra_files
 
+    check_local_model(run.model.name)  # a path that is not there: said before any import
     sources.quiet_progress_bars()
     raw = formats.read(run.data)  # data mistakes first: they need no tokenizer
     route_library_logs()
