@@ -74,3 +74,18 @@ def test_the_slurm_preset_composes_with_its_fields_and_no_cluster(home: Path) ->
     assert launcher["max_num_timeout"] > 0  # a job at its time limit is requeued
     wrong = run_cli("pipeline.train", "hydra/launcher=slurm", "hydra.launcher.gpus=2", "--cfg", "hydra", home=home)
     assert wrong.returncode == 2 and "hydra.launcher.gpus" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_jobs_side_by_side_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from hydra_plugins.pipeline_launchers import share_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    share_cores(1)
+    assert "OMP_NUM_THREADS" not in os.environ  # one job keeps torch's default
+    share_cores(2)
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    share_cores(2)
+    assert os.environ["OMP_NUM_THREADS"] == "3"  # the user's choice stays

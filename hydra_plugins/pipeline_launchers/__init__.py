@@ -7,12 +7,18 @@ continued with `resume`). Hydra loads launchers only from the `hydra_plugins` na
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 except ImportError:  # the `slurm` extra is optional; without the guard Hydra would warn on every command
     LocalLauncher = SlurmLauncher = None
+
+
+log = logging.getLogger(__name__)
 
 
 def with_resume_auto(overrides: list[str]) -> list[str]:
@@ -33,4 +39,18 @@ if LocalLauncher is not None:
         pass
 
     class ResumingLocalLauncher(_ResumeOnRequeue, LocalLauncher):
-        pass
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+            share_cores(len(job_overrides))
+            return super().launch(job_overrides, initial_job_idx)
+
+
+def share_cores(jobs: int) -> None:
+    """Jobs side by side on one machine: torch in each takes every core, and the threads of different jobs spin
+    against each other (2 quickstart jobs on 2 cores: 141 s, against 31 s with one thread each). Each job gets its
+    share through OMP_NUM_THREADS, unless that is set already."""
+    if "OMP_NUM_THREADS" in os.environ or jobs < 2:
+        return
+    share = max(1, (os.cpu_count() or 1) // jobs)
+    os.environ["OMP_NUM_THREADS"] = str(share)  # the jobs' processes inherit it
+    log.info("note: %d jobs side by side on %d cores: OMP_NUM_THREADS=%d each (set it to choose)", jobs,
+             os.cpu_count() or 1, share)
