@@ -141,3 +141,23 @@ def test_precision_on_cpu_is_fp32_without_mixed_precision() -> None:
 
     p = resolve_precision("auto", "hf", Accelerator("cpu", "cpu", None, False))
     assert (p.device, p.dtype, p.bf16, p.fp16) == ("cpu", torch.float32, False, False)
+
+
+def test_fsdp_settings_reach_transformers_fsdp_plugin_and_bitsandbytes(tmp_path: Path) -> None:
+    """FSDP cannot run on CPU (the catalog has the refusal); what it would hand transformers can be checked here."""
+    import torch
+    from conftest import compose
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    from pipeline.config import to_runconfig
+    from pipeline.train.distributed import quant_storage, trainer_kwargs
+
+    run = to_runconfig(compose("experiment=quickstart", "backend=hf", "distributed=fsdp"))
+    config = SFTConfig(output_dir=str(tmp_path), report_to=[], bf16=False, **trainer_kwargs(run.distributed, "cuda", 4))
+    assert config.fsdp_plugin_args["fsdp_version"] == 2 and config.fsdp_plugin_args["state_dict_type"] == \
+        "FULL_STATE_DICT"
+    assert config.fsdp_plugin_args["reshard_after_forward"] is run.distributed.reshard_after_forward
+    storage = BitsAndBytesConfig(load_in_4bit=True, **quant_storage(run.distributed, torch.bfloat16))
+    assert storage.bnb_4bit_quant_storage == torch.bfloat16  # 4-bit weights in a float dtype FSDP can shard
+    assert quant_storage(to_runconfig(compose("experiment=quickstart")).distributed, torch.bfloat16) == {}
