@@ -185,6 +185,17 @@ CASES = [
          line="error: data.source: sample 0 has a user message with no content"),
     data("conversation with no turns", '{"messages": []}\n' + MESSAGES_ROW,
          line="error: data.source: sample 0 has no 'messages'"),
+    data("preference data (chosen/rejected)", '{"prompt": "q", "chosen": "good", "rejected": "bad"}\n',
+         line="error: data.source: its columns ['chosen', 'prompt', 'rejected'] hold preference data (chosen/"
+              "rejected pairs, for DPO, ORPO or a reward model); this pipeline trains supervised fine-tuning (SFT) "
+              "on text only"),
+    data("preference data as conversations", '{"conversations": [{"from": "human", "value": "q"}], "chosen": '
+         '{"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}\n',
+         line="error: data.source: its columns ['chosen', 'conversations', 'rejected'] hold preference data"),
+    data("KTO data (label)", '{"prompt": "q", "completion": "a", "label": false}\n',
+         line="error: data.source: its columns ['completion', 'label', 'prompt'] hold KTO data"),
+    data("image data", '{"messages": [{"role": "user", "content": "what?"}], "images": ["cat.png"]}\n',
+         line="error: data.source: its columns ['images', 'messages'] hold multimodal data (column 'images')"),
     data("no conversation has an answer", '{"messages": [{"role": "user", "content": "a question"}]}\n',
          "data.val_size=0", line="error: data.source: none of its 1 conversations has an assistant answer"),
     data("alpaca with an empty output", '{"instruction": "a", "output": ""}\n',

@@ -57,6 +57,38 @@ def test_chat_mask_trains_exactly_the_assistant_answer(tmp_path: Path, monkeypat
                             "tree.<|im_end|>\n<|im_start|>assistant\n\n")
 
 
+def test_content_parts_train_exactly_what_plain_text_content_trains(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI-style `[{"type": "text", "text": ...}]` content: the parts joined by line breaks (the sample file holds
+    tiny_messages.jsonl's rows with each user message in two parts)."""
+    plain, tok = prepared_for(tmp_path / "plain", monkeypatch)
+    parts, _ = prepared_for(tmp_path / "parts", monkeypatch, f"data.source={DATA / 'tiny_content_parts.jsonl'}")
+    assert parts.train["input_ids"] == plain.train["input_ids"] and parts.train["labels"] == plain.train["labels"]
+    trained, _ = trained_and_context(first_row_with(parts, tok, "The young white duck sits under the tree."), tok)
+    assert trained == "Animal: duck. Colour: white.<|im_end|>"
+
+
+def test_a_non_text_content_part_is_refused_naming_the_sample(tmp_path: Path) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}
+    rows = [{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "a cat"}]}]}]
+    run = to_runconfig(compose("experiment=quickstart", f"data.source={write_jsonl(tmp_path / 'd.jsonl', rows)}"))
+    with pytest.raises(ConfigError, match=r"data.source: sample 1 of column 'messages' has a 'image_url' content "
+                                          r"part in a user message: this pipeline trains on text only"):
+        data_lib.read(run.data)
+
+
+def test_unused_columns_are_named_in_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"id": 1, "instruction": "a", "input": "", "output": "b", "source": "web"}] * 3
+    run = to_runconfig(compose("experiment=quickstart", f"data.source={write_jsonl(tmp_path / 'd.jsonl', rows)}",
+                               "data.format=auto"))
+    assert data_lib.read(run.data).format == "alpaca"
+    assert "data: columns ['id', 'source'] are not used: format alpaca reads ['input', 'instruction', 'output'] " \
+           "(map others with data.columns)" in caplog.messages
+
+
 def test_alpaca_mask_trains_exactly_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={DATA / FORMATS['alpaca']}",
                                  "data.format=alpaca")
@@ -72,10 +104,14 @@ def test_loss_on_all_trains_every_token(tmp_path: Path, monkeypatch: pytest.Monk
     assert all(all(label != prepare.IGNORE for label in row["labels"]) for row in prepared.train)
 
 
-def test_length_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_length_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     dropped, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=45", "data.overlength=drop")
     stats = dropped.stats["train"]
     assert stats.dropped_overlength == stats.overlength > 0 and stats.samples == 80 - stats.overlength
+    share = round(100 * stats.overlength / 80)
+    assert share > 10 and f"data: {stats.overlength} of 80 train samples ({share}%) dropped: {stats.overlength} " \
+        "longer than 45 tokens, 0 with no trained token left; keep them with a larger data.max_length or " \
+        "data.overlength=truncate" in caplog.messages  # loud when more than a tenth of a split goes
     assert all(len(row["input_ids"]) <= 45 for row in dropped.train)
     cut, _ = prepared_for(tmp_path, monkeypatch, "data.max_length=45", "data.overlength=truncate")
     assert cut.stats["train"].truncated == stats.overlength and all(len(r["input_ids"]) <= 45 for r in cut.train)
@@ -95,13 +131,13 @@ def test_cache_serves_the_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.e2e
 def test_training_on_every_format(tmp_path: Path, home: Path) -> None:
     sweep = tmp_path / "sweep"
-    sources = ",".join(f"assets/data/{name}" for name in FORMATS.values())
+    sources = ",".join(f"assets/data/{name}" for name in [*FORMATS.values(), "tiny_content_parts.jsonl"])
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", f"data.source={sources}", "data.format=auto",
                      "data.val_size=0", "logger=none", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS))]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS) + 1)]
     assert all(s["status"] == "completed" and s["final_loss"] < s["initial_loss"] for s in summaries)
-    assert sorted(s["data_format"] for s in summaries) == sorted(FORMATS)
+    assert sorted(s["data_format"] for s in summaries) == sorted([*FORMATS, "messages"])  # + content parts
     assert "format detected from columns" in result.stdout
 
 

@@ -3,7 +3,7 @@
 Two parts, like a real base model and a real fine-tune:
 - `tiny_corpus.jsonl`: general prose (short scenes, sometimes followed, a few sentences later, by a note such as
   "Animal: fox." or "Colour: red."), the text tools/make_tiny_model.py pre-trains the tiny base on;
-- the instruction set, in five formats: "Name the animal and its colour." over a new scene, answered in one fixed
+- the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`): "Name the animal and its colour." over a new scene, answered in one fixed
   line ("Animal: fox. Colour: red."). The base knows the words and can find an animal or a colour, but has never seen
   a chat or that answer, so it scores 0/8 on the held-out scenes; the quickstart's 30 QLoRA steps teach it.
 """
@@ -90,6 +90,14 @@ def as_sharegpt(instruction: str, input_: str, output: str) -> dict:
     return {"conversations": [{"from": "human", "value": f"{instruction}\n{input_}"}, {"from": "gpt", "value": output}]}
 
 
+def as_content_parts(row: dict) -> dict:
+    """OpenAI-style content: a list of text parts (the user's instruction and scene as two; joined by a line break
+    they read as in tiny_messages.jsonl)."""
+    return {"messages": [{"role": m["role"], "content": [{"type": "text", "text": piece} for piece in
+                                                         (m["content"].split("\n") if m["role"] == "user" else
+                                                          [m["content"]])]} for m in row["messages"]]}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
@@ -100,8 +108,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main(out: Path = Path("assets/data")) -> None:
     pairs = make_pairs(random.Random(0))
     write_jsonl(out / "tiny_corpus.jsonl", [{"text": text} for text in make_corpus(random.Random(1))])
-    write_jsonl(out / "tiny_messages.jsonl",
-                [as_messages(i, x, o, with_system=k % 3 == 0) for k, (i, x, o) in enumerate(pairs)])
+    messages = [as_messages(i, x, o, with_system=k % 3 == 0) for k, (i, x, o) in enumerate(pairs)]
+    write_jsonl(out / "tiny_messages.jsonl", messages)
+    write_jsonl(out / "tiny_content_parts.jsonl", [as_content_parts(row) for row in messages])
     write_jsonl(out / "tiny_alpaca.jsonl", [{"instruction": i, "input": x, "output": o} for i, x, o in pairs])
     write_jsonl(out / "tiny_sharegpt.jsonl", [as_sharegpt(i, x, o) for i, x, o in pairs])
     write_jsonl(out / "tiny_prompt_completion.jsonl",

@@ -2,7 +2,8 @@
 
 Everything is normalized to a form TRL's SFTTrainer consumes directly, so tokenization, chat templating,
 response-only masking and packing stay TRL's:
-  - conversations -> `messages` (+ `assistant_only_loss` when the template marks generations)
+  - conversations -> `messages`, content parts joined into text (+ `assistant_only_loss` when the template marks
+                     generations)
                   -> or `prompt`/`completion` messages (+ `completion_only_loss`) when it does not;
   - alpaca        -> `prompt`/`completion` messages;
   - text          -> `text` (loss on every token).
@@ -24,6 +25,8 @@ FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
+FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input",)}  # read when present
+MEDIA_COLUMNS = ("images", "image", "audios", "audio", "videos", "video")
 log = logging.getLogger(__name__)
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -41,6 +44,32 @@ class Datasets:
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
+
+def check_kind(columns: list[str], key: str = "data.source") -> None:
+    """Data made for another kind of training is named and refused, never trained on as if it were SFT data."""
+    present = set(columns)
+    media = [c for c in MEDIA_COLUMNS if c in present]
+    if {"chosen", "rejected"} <= present:
+        kind, fix = "preference data (chosen/rejected pairs, for DPO, ORPO or a reward model)", \
+            "train it with TRL's DPOTrainer, or give SFT data (e.g. the preferred answers as messages)"
+    elif "label" in present and "completion" in present:
+        kind, fix = "KTO data (completions labelled desirable or not)", \
+            "train it with TRL's KTOTrainer; for SFT, keep only the desirable rows and drop the label column"
+    elif media:
+        kind, fix = f"multimodal data (column '{media[0]}')", "give text-only data, or use a vision/audio trainer"
+    else:
+        return
+    raise ConfigError(key, f"its columns {sorted(present)} hold {kind}; this pipeline trains supervised "
+                      "fine-tuning (SFT) on text only", fix)
+
+
+def warn_about_unused_columns(columns: list[str], fmt: str) -> None:
+    used = set(FORMAT_COLUMNS[fmt]) | set(FORMAT_OPTIONAL_COLUMNS.get(fmt, ()))
+    unused = [c for c in columns if c not in used]
+    if unused:
+        log.warning("data: columns %s are not used: format %s reads %s (map others with data.columns)", unused, fmt,
+                    sorted(used))
+
 
 def detect_format(columns: list[str]) -> str:
     for fmt, needed in FORMAT_COLUMNS.items():
@@ -67,6 +96,29 @@ def _alpaca_to_prompt_completion(row: dict) -> dict:
     user = f"{instruction}\n\n{input_}" if input_ else instruction
     return {"prompt": [{"role": "user", "content": user}],
             "completion": [{"role": "assistant", "content": _text(row["output"])}]}
+
+
+def content_text(content: Any) -> Any:
+    """OpenAI-style content parts (`[{"type": "text", "text": ...}, ...]`) as one string, the text parts joined by
+    line breaks; a string (or anything else, refused by `_check_roles`) as it is."""
+    if isinstance(content, list):
+        return "\n".join(part["text"] for part in content)
+    return content
+
+
+def _non_text_part(content: Any) -> str | None:
+    """The type of the first content part that is not text (an image, audio, a file), or None."""
+    if not isinstance(content, list):
+        return None
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text" or not isinstance(part.get("text"), str):
+            return str(kind)
+    return None
+
+
+def _joined_parts(row: dict) -> dict:
+    return {"messages": [{**turn, "content": content_text(turn["content"])} for turn in row["messages"]]}
 
 
 def _sharegpt_to_messages(row: dict) -> dict:
@@ -134,6 +186,8 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
     dataset = dataset.select_columns(["messages"])
+    if any(isinstance(turn["content"], list) for turns in dataset["messages"] for turn in turns):
+        dataset = dataset.map(_joined_parts, desc="Joining content parts")
     if not responses:
         return dataset, False, False, 0
     with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
@@ -167,7 +221,7 @@ def _check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
                                   'write it as [{"role": ..., "content": ...}, ...]')
 
 
-def _check_roles(conversations: list, key: str = "data.source") -> None:
+def _check_roles(conversations: list, key: str = "data.source", column: str = "messages") -> None:
     for index, messages in enumerate(conversations):
         for turn in messages:
             if turn.get("role") not in MESSAGE_ROLES:
@@ -176,6 +230,11 @@ def _check_roles(conversations: list, key: str = "data.source") -> None:
             if turn.get("content") is None:
                 raise ConfigError(key, f"sample {index} has a {turn.get('role')} message with no content",
                                   "fill it in or remove the sample")
+            kind = _non_text_part(turn["content"])
+            if kind is not None:
+                raise ConfigError(key, f"sample {index} of column '{column}' has a '{kind}' content part in a "
+                                  f"{turn['role']} message: this pipeline trains on text only (multimodal data is not "
+                                  "supported)", 'keep only {"type": "text", "text": ...} parts, or remove the sample')
 
 
 def eval_count(val_size: float, available: int) -> int:
@@ -206,10 +265,12 @@ def read(data: Any) -> Raw:
     """Load data.source (and data.eval_source), tell the format, check columns and required fields: the mistakes
     found here cost no model import."""
     dataset = load_source(data)
+    check_kind(dataset.column_names)
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
     _check_columns(dataset.column_names, fmt)
+    warn_about_unused_columns(dataset.column_names, fmt)
     _check_conversations(dataset, fmt)
     held_out = None
     if data.eval_source not in (None, "", []):
@@ -227,7 +288,7 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
     if fmt == "messages":
         _check_roles(dataset["messages"], key)
     elif fmt == "sharegpt":
-        _check_roles([_sharegpt_to_messages(row)["messages"] for row in dataset], key)
+        _check_roles([_sharegpt_to_messages(row)["messages"] for row in dataset], key, "conversations")
 
 
 def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None) -> Datasets:

@@ -114,6 +114,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
     max_length = run.data.max_length or run.model.max_seq_length
     folder = cache_root() / cache_key(run, tokenizer, max_length)
     if run.data.cache and (cached := load_cached(folder)) is not None:
+        warn_about_drops(cached.stats)
         return cached
     parts, stats = {}, {}
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
@@ -123,6 +124,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
         parts[name], stats[name] = apply_length_policy(tokenized, max_length, run.data.overlength, name,
                                                        run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
+    warn_about_drops(stats)
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder if run.data.cache else None, False)
     if run.data.cache and write_cache and not folder.exists():
         try:
@@ -132,6 +134,22 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
                         "data.cache=false", folder, error.strerror or error)
             prepared.cache_dir = None
     return prepared
+
+
+DROP_WARNING_SHARE = 0.10  # more of a split than this dropped is said in a warning line
+
+
+def warn_about_drops(stats: dict[str, LengthStats]) -> None:
+    """A split that lost more than a tenth of its samples to the length policy or to having no trained token left
+    says so in one line, with the fix."""
+    for name, split in stats.items():
+        dropped = split.dropped_overlength + split.dropped_untrained
+        total = split.samples + dropped
+        if total and dropped / total > DROP_WARNING_SHARE:
+            log.warning("data: %d of %d %s samples (%.0f%%) dropped: %d longer than %d tokens, %d with no trained "
+                        "token left; keep them with a larger data.max_length or data.overlength=truncate", dropped,
+                        total, name, 100 * dropped / total, split.dropped_overlength, split.max_length,
+                        split.dropped_untrained)
 
 
 def describe(stats: LengthStats) -> str:
