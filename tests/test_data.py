@@ -119,6 +119,24 @@ def test_length_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: 
         prepared_for(tmp_path, monkeypatch, "data.max_length=45", "data.overlength=raise")
 
 
+def test_chunking_a_text_corpus_keeps_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .txt of documents (a sample per paragraph) at a limit most of them exceed: overlength=auto chunks text."""
+    text = [f"data.source={DATA / 'tiny_documents.txt'}", "data.format=text"]
+    whole, _ = prepared_for(tmp_path / "whole", monkeypatch, *text, "data.max_length=256")
+    chunked, tok = prepared_for(tmp_path / "chunked", monkeypatch, *text, "data.max_length=16")
+    long = [len(ids) for ids in whole.train["input_ids"] if len(ids) > 16]
+    stats = chunked.stats["train"]
+    assert stats.overlength == len(long) > 0 and stats.windows == sum(-(-n // 16) for n in long)
+    assert stats.samples == len(whole.train) - len(long) + stats.windows and stats.dropped_overlength == 0
+    assert sum(chunked.train["input_ids"], []) == sum(whole.train["input_ids"], [])  # every token, in order
+    assert stats.trained_tokens == whole.stats["train"].trained_tokens == sum(len(r) for r in whole.train["input_ids"])
+    assert all(len(ids) <= 16 for ids in chunked.train["input_ids"])
+    assert "chunked into" in prepare.describe(stats)
+    with pytest.raises(ConfigError, match=r"data.overlength: chunk splits text documents into windows, and this data "
+                                          r"is messages"):
+        prepared_for(tmp_path / "messages", monkeypatch, "data.overlength=chunk")
+
+
 def test_cache_serves_the_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, _ = prepared_for(tmp_path, monkeypatch)
     second, _ = prepared_for(tmp_path, monkeypatch)
@@ -131,13 +149,14 @@ def test_cache_serves_the_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.e2e
 def test_training_on_every_format(tmp_path: Path, home: Path) -> None:
     sweep = tmp_path / "sweep"
-    sources = ",".join(f"assets/data/{name}" for name in [*FORMATS.values(), "tiny_content_parts.jsonl"])
+    extra = ["tiny_content_parts.jsonl", "tiny_documents.txt"]  # content parts; plain text, a sample per paragraph
+    sources = ",".join(f"assets/data/{name}" for name in [*FORMATS.values(), *extra])
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", f"data.source={sources}", "data.format=auto",
                      "data.val_size=0", "logger=none", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS) + 1)]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS) + 2)]
     assert all(s["status"] == "completed" and s["final_loss"] < s["initial_loss"] for s in summaries)
-    assert sorted(s["data_format"] for s in summaries) == sorted([*FORMATS, "messages"])  # + content parts
+    assert sorted(s["data_format"] for s in summaries) == sorted([*FORMATS, "messages", "text"])
     assert "format detected from columns" in result.stdout
 
 

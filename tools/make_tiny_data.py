@@ -3,6 +3,7 @@
 Two parts, like a real base model and a real fine-tune:
 - `tiny_corpus.jsonl`: general prose (short scenes, sometimes followed, a few sentences later, by a note such as
   "Animal: fox." or "Colour: red."), the text tools/make_tiny_model.py pre-trains the tiny base on;
+- `tiny_documents.txt`: more of that prose as plain text, a document per paragraph (continued pre-training);
 - the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`): "Name the animal and its colour." over a new scene, answered in one fixed
   line ("Animal: fox. Colour: red."). The base knows the words and can find an animal or a colour, but has never seen
   a chat or that answer, so it scores 0/8 on the held-out scenes; the quickstart's 30 QLoRA steps teach it.
@@ -116,6 +117,8 @@ def main(out: Path = Path("assets/data")) -> None:
     write_jsonl(out / "tiny_prompt_completion.jsonl",
                 [{"prompt": f"{i} {x}\nAnswer:", "completion": f" {o}"} for i, x, o in pairs])
     write_jsonl(out / "tiny_text.jsonl", [{"text": f"Question: {i} {x}\nAnswer: {o}"} for i, x, o in pairs])
+    # plain text for continued pre-training: a document per paragraph, blank lines between (experiment=quickstart_text)
+    (out / "tiny_documents.txt").write_text("\n\n".join(make_corpus(random.Random(2), paragraphs=60)) + "\n")
     print(f"wrote {len(pairs)} samples per format and a general-text corpus to {out}")
 
 

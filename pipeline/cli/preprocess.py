@@ -49,7 +49,7 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
     route_library_logs()
     tokenizer = load_tokenizer(run)
     prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed, raw), tokenizer, run)
-    print(f"data: {run.data.source} ({run.data.format}, loss on {run.data.loss_on})"
+    print(f"data: {run.data.source} ({raw.format}, loss on {formats.loss_label(raw.format, run.data.loss_on)})"
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))
     for name, stats in prepared.stats.items():
         print(f"{name}: {prepare.describe(stats)}")

@@ -86,7 +86,8 @@ class DataConfig:
     eval_source: Any = None
     max_samples: Optional[int] = at_least(1, None, "1000", nullable="all samples")
     max_length: Optional[int] = at_least(8, None, "2048", nullable="the model's max_seq_length")
-    overlength: str = one_of("drop", "drop", "truncate", "raise")
+    overlength: str = one_of("auto", "auto", "drop", "truncate", "raise", "chunk")
+    sample_by: str = one_of("paragraph", "paragraph", "document", "line")
     packing: bool = False
     cache: bool = True
     preview_samples: int = at_least(0, 3, "3")

@@ -71,6 +71,11 @@ def warn_about_unused_columns(columns: list[str], fmt: str) -> None:
                     sorted(used))
 
 
+def loss_label(fmt: str, loss_on: str) -> str:
+    """Which tokens carry the loss, in words: text (continued pre-training) trains on all of them."""
+    return "all tokens" if fmt == "text" or loss_on == "all" else "responses"
+
+
 def detect_format(columns: list[str]) -> str:
     for fmt, needed in FORMAT_COLUMNS.items():
         if all(c in columns for c in needed):

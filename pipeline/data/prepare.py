@@ -37,6 +37,7 @@ class LengthStats:
     dropped_untrained: int    # samples left with no trained token (dropped)
     trained_tokens: int
     dropped_without_answer: int = 0  # conversations with no assistant turn, dropped before tokenizing
+    windows: int = 0          # overlength=chunk: the windows the long samples became
 
 
 @dataclass
@@ -81,7 +82,12 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         raise ConfigError("data.overlength", f"{len(over)} {name} samples are longer than {max_length} tokens "
                           f"(first: sample {over[0]}, {lengths[over[0]]} tokens)",
                           "raise data.max_length, or set data.overlength=drop or truncate")
-    if over and policy == "drop":
+    windows = 0
+    if over and policy == "chunk":  # every token stays: each long sample becomes max_length windows
+        windows = sum(-(-lengths[i] // max_length) for i in over)
+        dataset = dataset.map(_windows, batched=True, remove_columns=dataset.column_names,
+                              fn_kwargs={"max_length": max_length}, desc=f"Chunking {name}")
+    elif over and policy == "drop":
         dataset = dataset.filter(lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping long {name}")
         if len(dataset) == 0:
             raise ConfigError("data.overlength", f"every {name} sample is longer than {max_length} tokens "
@@ -104,14 +110,36 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         p95=ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], max=ordered[-1], max_length=max_length,
         overlength=len(over), dropped_overlength=len(over) if policy == "drop" else 0,
         truncated=len(over) if policy == "truncate" else 0, dropped_untrained=before - len(dataset),
-        trained_tokens=sum(sum(label != IGNORE for label in row) for row in dataset["labels"]))
+        trained_tokens=sum(sum(label != IGNORE for label in row) for row in dataset["labels"]), windows=windows)
     return dataset.select_columns(["input_ids", "labels"]), stats
+
+
+def _windows(batch: dict, max_length: int) -> dict:
+    """Consecutive max_length windows of each sample (a short one stays whole)."""
+    ids, labels = [], []
+    for sample_ids, sample_labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        for start in range(0, len(sample_ids), max_length):
+            ids.append(sample_ids[start:start + max_length])
+            labels.append(sample_labels[start:start + max_length])
+    return {"input_ids": ids, "labels": labels}
+
+
+def length_policy(overlength: str, fmt: str) -> str:
+    """`auto`: text documents are chunked (continued pre-training keeps every token), samples of other formats
+    dropped. `chunk` is refused for those: a window of a conversation would lose its prompt or its answer."""
+    if overlength == "auto":
+        return "chunk" if fmt == "text" else "drop"
+    if overlength == "chunk" and fmt != "text":
+        raise ConfigError("data.overlength", f"chunk splits text documents into windows, and this data is {fmt} "
+                          "(a window would lose its prompt or its answer)", "use drop or truncate, or data.format=text")
+    return overlength
 
 
 def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = True) -> Prepared:
     """Tokenized, masked, length-checked train/eval sets, served from the cache when nothing changed. `write_cache`
     is False in the processes of a launch other than rank 0: they read the cache, never write it at the same time."""
     max_length = run.data.max_length or run.model.max_seq_length
+    policy = length_policy(run.data.overlength, datasets.format)
     folder = cache_root() / cache_key(run, tokenizer, max_length)
     if run.data.cache and (cached := load_cached(folder)) is not None:
         warn_about_drops(cached.stats)
@@ -121,8 +149,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
         if dataset is None:
             continue
         tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name)
-        parts[name], stats[name] = apply_length_policy(tokenized, max_length, run.data.overlength, name,
-                                                       run.data.loss_on)
+        parts[name], stats[name] = apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     warn_about_drops(stats)
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder if run.data.cache else None, False)
@@ -155,7 +182,8 @@ def warn_about_drops(stats: dict[str, LengthStats]) -> None:
 def describe(stats: LengthStats) -> str:
     return (f"{stats.samples} samples, tokens min {stats.min} / median {stats.median:g} / p95 {stats.p95} / "
             f"max {stats.max} before the limit of {stats.max_length}; over it {stats.overlength} "
-            f"(dropped {stats.dropped_overlength}, truncated {stats.truncated}); "
+            f"(dropped {stats.dropped_overlength}, truncated {stats.truncated}"
+            + (f", chunked into {stats.windows} windows" if stats.windows else "") + "); "
             f"dropped with no trained token {stats.dropped_untrained}"
             + (f", without an answer {stats.dropped_without_answer}" if stats.dropped_without_answer else "")
             + f"; trained tokens {stats.trained_tokens}")

@@ -1,4 +1,4 @@
-"""Data sources: a local file, directory or glob (JSON/JSONL, CSV, Parquet), a hub dataset id, or a list of them.
+"""Data sources: a local file, directory or glob (JSON/JSONL, CSV, Parquet, plain text), a hub dataset id, or a list.
 
 Malformed input is named precisely (file and line for JSONL) before `datasets` sees it.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError, first_line
 
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
 def quiet_progress_bars() -> None:
@@ -96,7 +96,8 @@ def _load_one(source: str, data: Any, key: str) -> Any:
         raise ConfigError(key, f"the dataset is empty ({', '.join(files)} has no rows)",
                           f"point {key} at a file with samples")
     try:
-        return load_dataset(builder, data_files=files, split="train")
+        options = {"sample_by": data.sample_by} if builder == "text" else {}  # .txt: a `text` column
+        return load_dataset(builder, data_files=files, split="train", **options)
     except Exception as error:  # noqa: BLE001 - a file datasets cannot parse
         raise ConfigError(key, f"cannot parse {', '.join(files)}: {first_line(error)}",
                           "fix the file, or convert it to JSONL") from error

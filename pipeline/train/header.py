@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipeline.data import prepare
+from pipeline.data import formats, prepare
 from pipeline.model.backends import asked_quantization, loaded_quantization
 from pipeline.outputs import report
 
@@ -38,7 +38,8 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
                           f"({resolution.adapted_layers} layers, preset {context.preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
         "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
-                f"({data.source_format}{', from cache' if data.prepared.from_cache else ''})",
+                f"({data.source_format}, loss on {formats.loss_label(data.source_format, run.data.loss_on)}"
+                f"{', from cache' if data.prepared.from_cache else ''})",
         "train tokens": prepare.describe(data.prepared.stats["train"]),
         "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
                            f"{t.gradient_accumulation_steps} accumulation{processes}",
