@@ -4,9 +4,10 @@ Two parts, like a real base model and a real fine-tune:
 - `tiny_corpus.jsonl`: general prose (short scenes, sometimes followed, a few sentences later, by a note such as
   "Animal: fox." or "Colour: red."), the text tools/make_tiny_model.py pre-trains the tiny base on;
 - `tiny_documents.txt`: more of that prose as plain text, a document per paragraph (continued pre-training);
-- the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`): "Name the animal and its colour." over a new scene, answered in one fixed
-  line ("Animal: fox. Colour: red."). The base knows the words and can find an animal or a colour, but has never seen
-  a chat or that answer, so it scores 0/8 on the held-out scenes; the quickstart's 30 QLoRA steps teach it.
+- the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`): "Name the
+  animal and its colour." over a new scene, answered in one fixed line ("Animal: fox. Colour: red."). The base knows
+  the words and can find an animal or a colour, but has never seen a chat or that answer, so it scores 0/8 on the
+  held-out scenes; the quickstart's 30 QLoRA steps teach it.
 """
 
 import json
