@@ -41,7 +41,7 @@ gpu-check: setup ## on a CUDA machine: quickstart, then a random-weight 1B model
 	$(PY) benchmarks/gpu_check.py
 
 lint: setup ## ruff
-	$(PY) -m ruff check pipeline tests tools benchmarks
+	$(PY) -m ruff check pipeline tests tools benchmarks hydra_plugins
 
 assets: setup ## rebuild the shipped tiny model and sample data (deterministic)
 	$(PY) tools/make_tiny_data.py
