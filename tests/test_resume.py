@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, offline_env, quickstart_eval_off, run_cli
@@ -78,10 +79,17 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
     assert summary["final_loss"] == summary_of(whole)["final_loss"]
 
 
-def stop_with(signum: int, run_dir: Path, home: Path, *overrides: str) -> str:
-    """Start a long run, send `signum` once a checkpoint exists, and return its stderr."""
+def stop_with(signum: int, run_dir: Path, home: Path, *overrides: str, before: Any = None) -> str:
+    """Start a long run, send `signum` once a checkpoint exists (after `before(proc)`), and return its stderr."""
     proc = start(home, *LONG, *overrides, f"hydra.run.dir={run_dir}")
-    wait_for_checkpoint(run_dir, 10, proc)
+    try:
+        wait_for_checkpoint(run_dir, 10, proc)
+        if before is not None:
+            before(proc)
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=60)
+        raise
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr[-2000:]
@@ -107,8 +115,16 @@ def test_sigint_stops_after_a_checkpoint_and_resume_completes(tmp_path: Path, ho
 
 
 def test_sigterm_stops_the_same_way_with_exit_143(tmp_path: Path, home: Path) -> None:
+    """Also: while it trains, summary.json says running with its pid, and a second run into it is refused."""
     run_dir = tmp_path / "run"
-    stop_with(signal.SIGTERM, run_dir, home)
+
+    def while_running(proc: subprocess.Popen) -> None:
+        summary = summary_of(run_dir)
+        assert summary["status"] == "running" and summary["pid"] == proc.pid
+        second = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
+        assert second.returncode == 2 and f"is in use by a running training (pid {proc.pid})" in second.stderr
+
+    stop_with(signal.SIGTERM, run_dir, home, "trainer.max_steps=100000", before=while_running)  # still going
     summary = summary_of(run_dir)
     assert summary["status"] == "interrupted"
     assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")
@@ -158,20 +174,6 @@ def test_a_finished_is_never_overwritten(finished: Path, home: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: hydra.run.dir: {finished} already holds a completed run")
     assert (finished / "summary.json").read_text() == before
-
-
-def test_summary_says_running_with_the_pid_while_training(tmp_path: Path, home: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = start(home, *LONG, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}")  # still going when checked
-    try:
-        wait_for_checkpoint(run_dir, 10, proc)
-        summary = summary_of(run_dir)
-        assert summary["status"] == "running" and summary["pid"] == proc.pid
-        second = run_cli("pipeline.train", *LONG, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
-        assert second.returncode == 2 and f"is in use by a running training (pid {proc.pid})" in second.stderr
-    finally:
-        proc.kill()
-        proc.communicate(timeout=60)
 
 
 def test_killed_after_its_last_checkpoint_trains_nothing_more(finished_run: Path, tmp_path: Path,
