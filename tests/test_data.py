@@ -89,6 +89,22 @@ def test_unused_columns_are_named_in_one_warning(tmp_path: Path, caplog: pytest.
            "(map others with data.columns)" in caplog.messages
 
 
+def test_per_turn_flags_choose_which_answers_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """axolotl's `train` and LLaMA-Factory's `loss_weight` per assistant message, on TRL's own mask."""
+    def conversation(first: dict, second: dict) -> dict:
+        return {"messages": [{"role": "user", "content": "Name the animal."}, {"role": "assistant", **first},
+                             {"role": "user", "content": "And its colour?"}, {"role": "assistant", **second}]}
+
+    rows = [conversation({"content": "Animal: fox.", "train": False}, {"content": "Colour: red."}),
+            conversation({"content": "Animal: owl."}, {"content": "Colour: grey.", "loss_weight": 0}),
+            conversation({"content": "Animal: cat."}, {"content": "Colour: black."})]
+    source = write_jsonl(tmp_path / "flags.jsonl", rows * 4)
+    prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={source}")
+    trained = {trained_and_context(first_row_with(prepared, tok, animal), tok)[0] for animal in ("fox", "owl", "cat")}
+    assert trained == {"Colour: red.<|im_end|>", "Animal: owl.<|im_end|>",
+                       "Animal: cat.<|im_end|>Colour: black.<|im_end|>"}  # unflagged: both answers, as before
+
+
 def test_alpaca_mask_trains_exactly_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={DATA / FORMATS['alpaca']}",
                                  "data.format=alpaca")

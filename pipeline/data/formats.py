@@ -27,6 +27,8 @@ FORMAT_COLUMNS = {
 }
 FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input",)}  # read when present
 MEDIA_COLUMNS = ("images", "image", "audios", "audio", "videos", "video")
+TURN_FLAGS = ("train", "loss_weight")  # per assistant message: axolotl's `train`, LLaMA-Factory's `loss_weight` (0/1)
+TRAINED_TURNS = "trained_turns"  # column: one bool per assistant turn, read by prepare.apply_turn_flags
 log = logging.getLogger(__name__)
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -135,7 +137,8 @@ def _sharegpt_to_messages(row: dict) -> dict:
         if role not in SHAREGPT_ROLES or content is None:
             raise ConfigError("data.format", f"a conversation turn has role {role!r} and content {content!r}",
                               f"use roles {sorted(SHAREGPT_ROLES)} with from/value or role/content keys")
-        messages.append({"role": SHAREGPT_ROLES[role], "content": content})
+        messages.append({"role": SHAREGPT_ROLES[role], "content": content,
+                         **{flag: turn[flag] for flag in TURN_FLAGS if turn.get(flag) is not None}})
     return {"messages": messages}
 
 
@@ -167,6 +170,21 @@ def use_training_template(tokenizer: Any) -> bool:
     return has_generation_markers(tokenizer)
 
 
+def _turn_trained(turn: dict) -> bool:
+    """An assistant turn carries the loss unless its `train` is false or its `loss_weight` is 0."""
+    if turn.get("train") is not None:
+        return bool(turn["train"])
+    return turn.get("loss_weight") is None or float(turn["loss_weight"]) != 0
+
+
+def has_turn_flags(dataset: Any) -> bool:
+    return any(turn.get(flag) is not None for turns in dataset["messages"] for turn in turns for flag in TURN_FLAGS)
+
+
+def _trained_turns(row: dict) -> dict:
+    return {TRAINED_TURNS: [_turn_trained(turn) for turn in row["messages"] if turn["role"] == "assistant"]}
+
+
 def _has_answer(row: dict) -> bool:
     return any(turn["role"] == "assistant" for turn in row["messages"])
 
@@ -194,11 +212,21 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
     if any(isinstance(turn["content"], list) for turns in dataset["messages"] for turn in turns):
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
     if not responses:
+        if has_turn_flags(dataset):
+            log.warning("data: the messages' per-turn loss flags (train / loss_weight) are not used: "
+                        "data.loss_on=all trains every token")
         return dataset, False, False, 0
     with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
     dropped = len(dataset) - len(with_answer)
+    flagged = has_turn_flags(with_answer)
     if use_training_template(tokenizer):
+        if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
+            with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
         return with_answer, True, False, dropped  # every assistant turn carries the loss
+    if flagged:
+        raise ConfigError("data.source", "its messages carry per-turn loss flags (train / loss_weight), and the chat "
+                          "template marks no assistant turns, nor does TRL ship a version of it that does",
+                          "set model.chat_template to one that marks them (e.g. chatml), or remove the flags")
     log.info("data: the chat template marks no assistant turns and TRL has no patched version of it; "
              "only the last assistant turn of each conversation carries the loss")
     return with_answer.map(_until_last_answer, remove_columns=["messages"]), False, True, dropped

@@ -75,6 +75,34 @@ def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: st
                           "check the sample's fields against data.format") from error
 
 
+def apply_turn_flags(dataset: Any, name: str) -> Any:
+    """Per-turn loss flags (`formats.TRAINED_TURNS`): TRL's mask trains every assistant turn, one run of trained
+    labels each, in order; the runs of turns flagged off go back to IGNORE."""
+    from pipeline.data.formats import TRAINED_TURNS
+
+    if TRAINED_TURNS not in dataset.column_names:
+        return dataset
+
+    def mask(row: dict, index: int) -> dict:
+        labels, runs, start = list(row["labels"]), [], None
+        for i, label in enumerate([*labels, IGNORE]):
+            if label != IGNORE and start is None:
+                start = i
+            elif label == IGNORE and start is not None:
+                runs.append((start, i))
+                start = None
+        if len(runs) != len(row[TRAINED_TURNS]):
+            raise ConfigError("data.source", f"{name} sample {index}: the chat template trains {len(runs)} spans for "
+                              f"{len(row[TRAINED_TURNS])} assistant turns, so per-turn flags cannot be matched to them",
+                              "use a template that marks each assistant turn, or remove the train / loss_weight flags")
+        for (begin, end), trained in zip(runs, row[TRAINED_TURNS], strict=True):
+            if not trained:
+                labels[begin:end] = [IGNORE] * (end - begin)
+        return {"labels": labels}
+
+    return dataset.map(mask, with_indices=True, remove_columns=[TRAINED_TURNS], desc=f"Per-turn flags ({name})")
+
+
 def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, loss_on: str) -> tuple[Any, LengthStats]:
     lengths = [len(ids) for ids in dataset["input_ids"]]
     over = [i for i, n in enumerate(lengths) if n > max_length]
@@ -148,7 +176,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:
             continue
-        tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name)
+        tokenized = apply_turn_flags(tokenize_with_trl(dataset, tokenizer, datasets, name), name)
         parts[name], stats[name] = apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     warn_about_drops(stats)
