@@ -177,8 +177,8 @@ def _turn_trained(turn: dict) -> bool:
     return turn.get("loss_weight") is None or float(turn["loss_weight"]) != 0
 
 
-def has_turn_flags(dataset: Any) -> bool:
-    return any(turn.get(flag) is not None for turns in dataset["messages"] for turn in turns for flag in TURN_FLAGS)
+def has_turn_flags(conversations: list) -> bool:
+    return any(turn.get(flag) is not None for turns in conversations for turn in turns for flag in TURN_FLAGS)
 
 
 def _trained_turns(row: dict) -> dict:
@@ -209,16 +209,17 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
     dataset = dataset.select_columns(["messages"])
-    if any(isinstance(turn["content"], list) for turns in dataset["messages"] for turn in turns):
+    conversations = dataset["messages"]  # read once: whether content comes in parts, whether turns carry flags
+    flagged = has_turn_flags(conversations)
+    if any(isinstance(turn["content"], list) for turns in conversations for turn in turns):
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
     if not responses:
-        if has_turn_flags(dataset):
+        if flagged:
             log.warning("data: the messages' per-turn loss flags (train / loss_weight) are not used: "
                         "data.loss_on=all trains every token")
         return dataset, False, False, 0
     with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
     dropped = len(dataset) - len(with_answer)
-    flagged = has_turn_flags(with_answer)
     if use_training_template(tokenizer):
         if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
             with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
