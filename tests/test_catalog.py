@@ -203,7 +203,7 @@ CASES = [
     data("CSV with a gap", "instruction,output\na,\n", file="data.csv",
          line="error: data.source: sample 0 has an empty 'output'"),
     data("sharegpt speaker unknown", '{"conversations": [{"from": "robot", "value": "x"}]}\n',
-         line="error: data.format: a conversation turn has role 'robot'"),
+         line="error: data.format: sample 0: a conversation turn has role 'robot'"),
     data("format forced against the columns", MESSAGES_ROW, "data.format=alpaca",
          line="error: data.format: format 'alpaca' needs columns ['instruction', 'output']"),
     data("column map names a missing column", MESSAGES_ROW, "data.columns={messages: nosuch}",

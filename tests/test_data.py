@@ -103,6 +103,96 @@ def test_per_turn_flags_choose_which_answers_train(tmp_path: Path, monkeypatch: 
     trained = {trained_and_context(first_row_with(prepared, tok, animal), tok)[0] for animal in ("fox", "owl", "cat")}
     assert trained == {"Colour: red.<|im_end|>", "Animal: owl.<|im_end|>",
                        "Animal: cat.<|im_end|>Colour: black.<|im_end|>"}  # unflagged: both answers, as before
+    # the data's own key for the flag, mapped by data.columns like a column
+    renamed = write_jsonl(tmp_path / "renamed.jsonl", json.loads(json.dumps(rows * 4).replace('"train"', '"use"')))
+    mapped, _ = prepared_for(tmp_path / "mapped", monkeypatch, f"data.source={renamed}", "data.columns={train: use}")
+    assert mapped.train["labels"] == prepared.train["labels"]
+
+
+def tools_prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, *overrides: str) -> tuple:
+    return prepared_for(tmp_path / name, monkeypatch, f"data.source={DATA / name}", "model.max_seq_length=512",
+                        "data.format=auto", *overrides)
+
+
+def test_tool_calls_train_and_tool_results_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The assistant's tool call and its answer carry the loss; the tools list, the question and the tool's result
+    are context. Arguments sent as a JSON string (OpenAI's wire form) render as the same object."""
+    prepared, tok = tools_prepared(tmp_path, monkeypatch, "tiny_tools.jsonl")
+    as_object = first_row_with(prepared, tok, "A grey duck sits under the tree.")
+    trained, context = trained_and_context(as_object, tok)
+    assert trained == ('<tool_call>\n{"name": "look_up", "arguments": {"scene": "A grey duck sits under the tree."}}'
+                       '\n</tool_call><|im_end|>Animal: duck. Colour: grey.<|im_end|>')
+    assert context == (
+        '<|im_start|>system\n# Tools\n<tools>\n{"type": "function", "function": {"name": "look_up", "description": '
+        '"The animal and colour of a scene.", "parameters": {"type": "object", "properties": {"scene": {"type": '
+        '"string"}}, "required": ["scene"]}}}\n{"type": "function", "function": {"name": "count", "parameters": '
+        '{"type": "object", "properties": {"unit": {"enum": ["words", "letters"]}}}}}\n</tools><|im_end|>\n'
+        '<|im_start|>user\nName the animal and its colour.\nA grey duck sits under the tree.<|im_end|>\n'
+        '<|im_start|>assistant\n\n<|im_start|>tool\n<tool_response>\n{"animal": "duck", "colour": "grey"}\n'
+        '</tool_response><|im_end|>\n<|im_start|>assistant\n\n')  # no null keys from two tools' merged schemas
+    as_string = trained_and_context(first_row_with(prepared, tok, "The young white duck sits under the tree."), tok)
+    assert as_string[0].startswith('<tool_call>\n{"name": "look_up", "arguments": {"scene": "The young white duck')
+
+
+def test_glaive_function_calls_train_like_openai_tool_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLaMA-Factory's sharegpt form (function_call / observation turns, tools as a JSON string of bare function
+    definitions) becomes exactly what the messages form gives: same tokens, same mask."""
+    openai, _ = tools_prepared(tmp_path, monkeypatch, "tiny_tools.jsonl")
+    glaive, _ = tools_prepared(tmp_path, monkeypatch, "tiny_tools_sharegpt.jsonl")
+    assert glaive.train["input_ids"] == openai.train["input_ids"] and glaive.train["labels"] == openai.train["labels"]
+
+
+def test_held_out_answers_are_asked_with_the_samples_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    from pipeline.after.evaluate import question_and_answer
+
+    run = to_runconfig(compose("experiment=quickstart_tools"))
+    built = data_lib.build(run.data, AutoTokenizer.from_pretrained(run.model.name), run.seed)
+    assert built.tools == ("tools", "calls", "results")
+    messages, answer, tools = question_and_answer(next(row for row in built.eval if len(row["messages"]) == 4))
+    assert [turn["role"] for turn in messages] == ["user", "assistant", "tool"] and answer.startswith("Animal: ")
+    assert [tool["function"]["name"] for tool in tools][0] == "look_up"
+
+
+def test_a_template_that_cannot_render_tools_is_named(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from pipeline.model.chat_templates import apply_named_chat_template
+
+    run = to_runconfig(compose("experiment=quickstart_tools", "backend=hf", "model.chat_template=phi-3"))
+    tokenizer = apply_named_chat_template(AutoTokenizer.from_pretrained(run.model.name), "phi-3", "hf")
+    with pytest.raises(ConfigError, match=r"^error: model.chat_template: the chat template 'phi-3' cannot render "
+                                          r"tool-calling data: it drops the tool definitions \(tools=\), the "
+                                          r"assistant's tool calls and tool results\. Use a template that renders "):
+        data_lib.build(run.data, tokenizer, run.seed, template="phi-3")
+
+
+def test_tool_calls_without_marked_turns_are_refused(tmp_path: Path) -> None:
+    """Without {% generation %} markers only the last answer would train: never a tool call."""
+    from transformers import AutoTokenizer
+
+    run = to_runconfig(compose("experiment=quickstart_tools"))
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
+    tokenizer.chat_template = tokenizer.chat_template.replace("{%- generation %}", "").replace("{%- endgeneration %}",
+                                                                                              "")
+    with pytest.raises(ConfigError, match="marks no assistant turns.*never a tool call"):
+        data_lib.build(run.data, tokenizer, run.seed)
+
+
+@pytest.mark.parametrize(("call", "problem"), [
+    ({"type": "function", "function": {"name": "look_up", "arguments": "{scene: duck}"}},
+     "sample 1: a tool call's arguments is not valid JSON"),
+    ({"type": "function", "function": {"arguments": {}}}, "sample 1: a tool call .* has no function name"),
+])
+def test_a_broken_tool_call_is_named(call: dict, problem: str, tmp_path: Path) -> None:
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                        {"role": "tool", "content": "r"}, {"role": "assistant", "content": "a"}]}
+    source = write_jsonl(tmp_path / "d.jsonl", [good, bad])
+    run = to_runconfig(compose("experiment=quickstart", f"data.source={source}"))
+    with pytest.raises(ConfigError, match=f"^error: data.source: {problem}"):
+        data_lib.read(run.data)
 
 
 def test_alpaca_mask_trains_exactly_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,14 +255,17 @@ def test_cache_serves_the_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.e2e
 def test_training_on_every_format(tmp_path: Path, home: Path) -> None:
     sweep = tmp_path / "sweep"
-    extra = ["tiny_content_parts.jsonl", "tiny_documents.txt"]  # content parts; plain text, a sample per paragraph
+    # content parts; plain text, a sample per paragraph; tool calls as messages and as glaive's sharegpt
+    extra = ["tiny_content_parts.jsonl", "tiny_documents.txt", "tiny_tools.jsonl", "tiny_tools_sharegpt.jsonl"]
     sources = ",".join(f"assets/data/{name}" for name in [*FORMATS.values(), *extra])
     result = run_cli("pipeline.train", "-m", "experiment=quickstart", f"data.source={sources}", "data.format=auto",
-                     "data.val_size=0", "logger=none", "trainer.max_steps=6", f"hydra.sweep.dir={sweep}", home=home)
+                     "data.val_size=0", "logger=none", "trainer.max_steps=6", "model.max_seq_length=512",
+                     f"hydra.sweep.dir={sweep}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS) + 2)]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(len(FORMATS) + len(extra))]
     assert all(s["status"] == "completed" and s["final_loss"] < s["initial_loss"] for s in summaries)
-    assert sorted(s["data_format"] for s in summaries) == sorted([*FORMATS, "messages", "text"])
+    assert sorted(s["data_format"] for s in summaries) == sorted([*FORMATS, "messages", "text", "messages", "sharegpt"])
+    assert [s["data_tools"] for s in summaries[-2:]] == [["tools", "calls", "results"]] * 2
     assert "format detected from columns" in result.stdout
 
 
@@ -204,12 +297,19 @@ def test_column_mapping_and_a_separate_eval_source(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.e2e
 def test_preprocess_marks_trained_tokens_and_caches(tmp_path: Path, home: Path) -> None:
-    first = run_cli("pipeline.preprocess", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'a'}", home=home)
+    first = run_cli("pipeline.preprocess", "experiment=quickstart_tools", f"hydra.run.dir={tmp_path / 'a'}",
+                    home=home)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "[[" in first.stdout and "<|im_end|>]]" in first.stdout  # not a terminal: brackets mark the loss
+    assert "(messages with tool calls, loss on responses and tool calls (not tool results))" in first.stdout
+    # not a terminal: brackets mark the loss; the tool-calling sample (most trained spans) is shown first
+    assert ('[[<tool_call>\n{"name": "look_up", "arguments": {"scene": "A red duck eats under the tree."}}\n'
+            '</tool_call><|im_end|>]]\n<|im_start|>tool\n<tool_response>\n{"animal": "duck", "colour": "red"}\n'
+            '</tool_response><|im_end|>\n<|im_start|>assistant\n[[Animal: duck. Colour: red.<|im_end|>]]') \
+        in first.stdout
     assert "train: 72 samples, tokens min" in first.stdout and "p95" in first.stdout
     assert "served from cache" not in first.stdout
-    second = run_cli("pipeline.preprocess", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'b'}", home=home)
+    second = run_cli("pipeline.preprocess", "experiment=quickstart_tools", f"hydra.run.dir={tmp_path / 'b'}",
+                     home=home)
     assert "served from cache" in second.stdout
     assert json.loads((tmp_path / "b" / "data_stats.json").read_text())["from_cache"] is True
 

@@ -4,7 +4,8 @@ Two parts, like a real base model and a real fine-tune:
 - `tiny_corpus.jsonl`: general prose (short scenes, sometimes followed, a few sentences later, by a note such as
   "Animal: fox." or "Colour: red."), the text tools/make_tiny_model.py pre-trains the tiny base on;
 - `tiny_documents.txt`: more of that prose as plain text, a document per paragraph (continued pre-training);
-- the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`): "Name the
+- the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`; tool calling as
+  messages, `tiny_tools.jsonl`, and as glaive / LLaMA-Factory sharegpt, `tiny_tools_sharegpt.jsonl`): "Name the
   animal and its colour." over a new scene, answered in one fixed line ("Animal: fox. Colour: red."). The base knows
   the words and can find an animal or a colour, but has never seen a chat or that answer, so it scores 0/8 on the
   held-out scenes; the quickstart's 30 QLoRA steps teach it.
@@ -100,6 +101,46 @@ def as_content_parts(row: dict) -> dict:
                                                           [m["content"]])]} for m in row["messages"]]}
 
 
+# two tools with different parameters (the tiny tokenizer spends a token per JSON character: kept short)
+LOOK_UP = {"name": "look_up", "description": "The animal and colour of a scene.",
+           "parameters": {"type": "object", "properties": {"scene": {"type": "string"}}, "required": ["scene"]}}
+COUNT = {"name": "count", "parameters": {"type": "object", "properties": {"unit": {"enum": ["words", "letters"]}}}}
+
+
+def tool_turns(k: int, input_: str, animal: str, colour: str) -> tuple[list[dict] | None, str]:
+    """Sample k's tools and how it uses them: two in three call look_up (its arguments as an object, or as the JSON
+    string OpenAI's API sends), one in three answers without a call; the tool list differs between samples."""
+    tools = [LOOK_UP] if k % 2 else [LOOK_UP, COUNT]
+    if k % 3 == 2:
+        return tools, ""
+    return tools, json.dumps({"animal": animal, "colour": colour})
+
+
+def as_tool_messages(k: int, instruction: str, input_: str, output: str) -> dict:
+    animal, colour = output.removeprefix("Animal: ").removesuffix(".").split(". Colour: ")
+    tools, result = tool_turns(k, input_, animal, colour)
+    messages = [{"role": "user", "content": f"{instruction}\n{input_}"}]
+    if result:
+        arguments = {"scene": input_}
+        call = {"type": "function", "function": {"name": "look_up",
+                                                 "arguments": json.dumps(arguments) if k % 3 else arguments}}
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "content": result}]
+    messages.append({"role": "assistant", "content": output})
+    return {"messages": messages, "tools": [{"type": "function", "function": tool} for tool in tools]}
+
+
+def as_tool_sharegpt(k: int, instruction: str, input_: str, output: str) -> dict:
+    """LLaMA-Factory's glaive_toolcall form: function_call / observation turns, tools as a JSON string."""
+    animal, colour = output.removeprefix("Animal: ").removesuffix(".").split(". Colour: ")
+    tools, result = tool_turns(k, input_, animal, colour)
+    turns = [{"from": "human", "value": f"{instruction}\n{input_}"}]
+    if result:
+        turns += [{"from": "function_call", "value": json.dumps({"name": "look_up", "arguments": {"scene": input_}})},
+                  {"from": "observation", "value": result}]
+    turns.append({"from": "gpt", "value": output})
+    return {"conversations": turns, "tools": json.dumps(tools)}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
@@ -115,6 +156,8 @@ def main(out: Path = Path("assets/data")) -> None:
     write_jsonl(out / "tiny_content_parts.jsonl", [as_content_parts(row) for row in messages])
     write_jsonl(out / "tiny_alpaca.jsonl", [{"instruction": i, "input": x, "output": o} for i, x, o in pairs])
     write_jsonl(out / "tiny_sharegpt.jsonl", [as_sharegpt(i, x, o) for i, x, o in pairs])
+    write_jsonl(out / "tiny_tools.jsonl", [as_tool_messages(k, i, x, o) for k, (i, x, o) in enumerate(pairs)])
+    write_jsonl(out / "tiny_tools_sharegpt.jsonl", [as_tool_sharegpt(k, i, x, o) for k, (i, x, o) in enumerate(pairs)])
     write_jsonl(out / "tiny_prompt_completion.jsonl",
                 [{"prompt": f"{i} {x}\nAnswer:", "completion": f" {o}"} for i, x, o in pairs])
     write_jsonl(out / "tiny_text.jsonl", [{"text": f"Question: {i} {x}\nAnswer: {o}"} for i, x, o in pairs])

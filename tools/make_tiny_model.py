@@ -1,8 +1,8 @@
 """Build the tiny offline Llama (tokenizer + weights) that quickstart and the tests fine-tune.
 
 A byte-level BPE tokenizer is trained on the sample texts, wrapped with a ChatML template that carries
-`{% generation %}` markers (so TRL's assistant-only loss works), and a 2-layer Llama is pre-trained for about a
-minute on the general-text corpus (assets/data/tiny_corpus.jsonl). It has never seen a chat or a question,
+`{% generation %}` markers (so TRL's assistant-only loss works) and renders tools, and a 2-layer Llama is pre-trained
+for about a minute on the general-text corpus (assets/data/tiny_corpus.jsonl). It has never seen a chat or a question,
 so the quickstart's fine-tune visibly teaches it a task. Deterministic: re-running writes the same files.
 """
 
@@ -14,15 +14,37 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-CHATML_WITH_GENERATION = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# ChatML with {% generation %} markers, rendering tools (in the system turn), tool calls and tool results
+# the way Qwen 2.5 does, so tool-calling data trains on the tiny model too
+CHATML_WITH_GENERATION = """{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}
+{{- '# Tools\\n<tools>' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '\\n</tools><|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'system' and tools and loop.first %}
+{%- elif message['role'] == 'assistant' %}
+{{- '<|im_start|>assistant\\n' }}
+{%- generation %}
+{{- message['content'] or '' }}
+{%- for call in message['tool_calls'] or [] %}
+{%- set call = call['function'] if call['function'] is defined else call %}
+{{- '<tool_call>\\n{"name": "' + call['name'] + '", "arguments": ' }}
+{{- call['arguments'] | tojson }}
+{{- '}\\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>' }}
+{%- endgeneration %}
+{{- '\\n' }}
+{%- elif message['role'] == 'tool' %}
+{{- '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}
+{%- else %}
+{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 

@@ -7,6 +7,7 @@ served from the data cache), so the numbers describe data the adapter never trai
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -23,21 +24,23 @@ def held_out(run: FinishedRun, tokenizer: Any) -> tuple[Any, Any]:
     from pipeline.data import formats, prepare
 
     config = run.config
-    built = formats.build(config.data, tokenizer, config.seed)
+    built = formats.build(config.data, tokenizer, config.seed, template=config.model.chat_template)
     if built.eval is None:
         raise ConfigError("run", f"{run.path} trained without a held-out split (data.val_size=0, no eval_source)",
                           "train with data.val_size > 0 or data.eval_source to evaluate")
     return built.eval, prepare.prepare(built, tokenizer, config).eval
 
 
-def question_and_answer(row: dict) -> tuple[list[dict], str] | None:
-    """The conversation up to its last answer, and that answer (None for text data: nothing to answer)."""
+def question_and_answer(row: dict) -> tuple[list[dict], str, list | None] | None:
+    """The conversation up to its last answer, that answer, and the tools the sample offers (None for text data:
+    nothing to answer)."""
+    tools = json.loads(row["tools"]) if row.get("tools") else None  # stored as a JSON string (data/tools.py)
     if "messages" in row:
         last = max((i for i, turn in enumerate(row["messages"]) if turn["role"] == "assistant"), default=None)
-        return None if last is None else (row["messages"][:last], row["messages"][last]["content"])
+        return None if last is None else (row["messages"][:last], row["messages"][last]["content"], tools)
     if "prompt" in row and "completion" in row:
         completion = row["completion"]
-        return row["prompt"], completion[0]["content"] if isinstance(completion, list) else completion
+        return row["prompt"], completion[0]["content"] if isinstance(completion, list) else completion, tools
     return None
 
 
@@ -51,8 +54,8 @@ def scores(model: Any, tokenizer: Any, rows: Any, settings: Any) -> dict | None:
     if not pairs:
         return None
     greedy = SimpleNamespace(max_new_tokens=settings.max_new_tokens, temperature=0.0, top_p=1.0)
-    answered = [(messages, expected, generate.answer(model, tokenizer, messages, greedy, stream=False))
-                for messages, expected in pairs]
+    answered = [(messages, expected, generate.answer(model, tokenizer, messages, greedy, stream=False, tools=tools))
+                for messages, expected, tools in pairs]
     exact = sum(normalized(got) == normalized(expected) for _, expected, got in answered)
     contains = sum(normalized(expected) in normalized(got) for _, expected, got in answered)
     return {"prompts": len(pairs), "exact_match": exact, "contains": contains,

@@ -55,12 +55,14 @@ def device_map(precision: Any) -> dict:
     return {"": 0 if precision.device == "cuda" else "cpu"}
 
 
-def answer(model: Any, tokenizer: Any, messages: list[dict], settings: Any, stream: bool = True) -> str:
-    """The model's reply to `messages` (rendered with the saved chat template), streamed to stdout when asked."""
+def answer(model: Any, tokenizer: Any, messages: list[dict], settings: Any, stream: bool = True,
+           tools: list | None = None) -> str:
+    """The model's reply to `messages` (rendered with the saved chat template and the `tools` offered), streamed to
+    stdout when asked."""
     import torch
     from transformers import TextStreamer
 
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+    inputs = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True).to(next(model.parameters()).device)
     sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} \
         if settings.temperature > 0 else {"do_sample": False}

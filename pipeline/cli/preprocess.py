@@ -37,6 +37,23 @@ def render(input_ids: list[int], labels: list[int], tokenizer: Any, colour: bool
     return "".join(pieces)
 
 
+def trained_spans(labels: list[int]) -> int:
+    from pipeline.data.prepare import IGNORE
+
+    return sum(1 for i, label in enumerate(labels) if label != IGNORE and (i == 0 or labels[i - 1] == IGNORE))
+
+
+def preview_indices(dataset: Any, count: int) -> list[int]:
+    """The sample with the most trained spans (a multi-turn or tool-calling one shows the most of the mask), then
+    the first ones."""
+    count = min(count, len(dataset))
+    if count == 0:
+        return []
+    spans = [trained_spans(labels) for labels in dataset["labels"]]
+    richest = spans.index(max(spans))
+    return [richest, *[i for i in range(len(dataset)) if i != richest][:count - 1]]
+
+
 def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -> dict:
     from pipeline.data import formats, prepare, sources
     from pipeline.model.loading import check_local_model, load_tokenizer
@@ -48,14 +65,16 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
     raw = formats.read(run.data)  # data mistakes first: they need no tokenizer
     route_library_logs()
     tokenizer = load_tokenizer(run)
-    prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed, raw), tokenizer, run)
-    print(f"data: {run.data.source} ({raw.format}, loss on {formats.loss_label(raw.format, run.data.loss_on)})"
+    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template)
+    prepared = prepare.prepare(built, tokenizer, run)
+    print(f"data: {run.data.source} ({formats.describe(raw.format, run.data.loss_on, built.tools)})"
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))
     for name, stats in prepared.stats.items():
         print(f"{name}: {prepare.describe(stats)}")
     legend = f"{GREEN}trained{RESET}" if colour else "[[trained]]"
-    print(f"\nfirst {run.data.preview_samples} training samples ({legend} tokens carry the loss):")
-    for index in range(min(run.data.preview_samples, len(prepared.train))):
+    print(f"\n{run.data.preview_samples} training samples, the one with the most trained spans first ({legend} "
+          "tokens carry the loss):")
+    for index in preview_indices(prepared.train, run.data.preview_samples):
         row = prepared.train[index]
         print(f"--- sample {index} ({len(row['input_ids'])} tokens)")
         print(render(row["input_ids"], row["labels"], tokenizer, colour))

@@ -2,8 +2,8 @@
 
 Everything is normalized to a form TRL's SFTTrainer consumes directly, so tokenization, chat templating,
 response-only masking and packing stay TRL's:
-  - conversations -> `messages`, content parts joined into text (+ `assistant_only_loss` when the template marks
-                     generations)
+  - conversations -> `messages`, content parts joined into text, tool calls and tools in one form (`tools`), (+
+                     `assistant_only_loss` when the template marks generations)
                   -> or `prompt`/`completion` messages (+ `completion_only_loss`) when it does not;
   - alpaca        -> `prompt`/`completion` messages;
   - text          -> `text` (loss on every token).
@@ -11,11 +11,13 @@ response-only masking and packing stay TRL's:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.data.sources import load_source
+from pipeline.data import tools
+from pipeline.data.sources import TURN_FLAGS, load_source
 from pipeline.errors import ConfigError
 
 FORMAT_COLUMNS = {
@@ -25,14 +27,14 @@ FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input",)}  # read when present
+FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input",), "messages": (tools.TOOLS,), "sharegpt": (tools.TOOLS,)}  # when present
 MEDIA_COLUMNS = ("images", "image", "audios", "audio", "videos", "video")
-TURN_FLAGS = ("train", "loss_weight")  # per assistant message: axolotl's `train`, LLaMA-Factory's `loss_weight` (0/1)
 TRAINED_TURNS = "trained_turns"  # column: one bool per assistant turn, read by prepare.apply_turn_flags
 log = logging.getLogger(__name__)
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "model": "assistant"}
+                  "system": "system", "model": "assistant", tools.CALL_ROLE: "assistant", tools.RESULT_ROLE: "tool",
+                  "tool": "tool"}
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Datasets:
     assistant_only_loss: bool   # TRL masks everything but `{% generation %}` spans
     completion_only_loss: bool  # TRL masks the prompt of prompt/completion samples
     dropped_without_answer: int = 0  # conversations with no assistant turn (nothing to train on)
+    tools: tuple[str, ...] = ()      # what of tool calling the data holds (`tools.PARTS`: tools, calls, results)
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
@@ -76,6 +79,14 @@ def warn_about_unused_columns(columns: list[str], fmt: str) -> None:
 def loss_label(fmt: str, loss_on: str) -> str:
     """Which tokens carry the loss, in words: text (continued pre-training) trains on all of them."""
     return "all tokens" if fmt == "text" or loss_on == "all" else "responses"
+
+
+def describe(fmt: str, loss_on: str, tool_parts: tuple[str, ...] = ()) -> str:
+    """The format, its tool use, and which tokens carry the loss, as the header and `preprocess` print them."""
+    loss = loss_label(fmt, loss_on)
+    if "calls" in tool_parts and loss == "responses":
+        return f"{fmt} with tool calls, loss on responses and tool calls (not tool results)"
+    return f"{fmt}{' with tools' if tool_parts else ''}, loss on {loss}"
 
 
 def detect_format(columns: list[str]) -> str:
@@ -128,17 +139,22 @@ def _joined_parts(row: dict) -> dict:
     return {"messages": [{**turn, "content": content_text(turn["content"])} for turn in row["messages"]]}
 
 
-def _sharegpt_to_messages(row: dict) -> dict:
-    """from/value turns (ShareGPT) or role/content turns under a `conversations` column -> messages."""
+def _sharegpt_to_messages(row: dict, index: int) -> dict:
+    """from/value turns (ShareGPT) or role/content turns under a `conversations` column -> messages; glaive's
+    `function_call` turns become assistant tool calls, `observation` turns tool results."""
     messages = []
     for turn in row["conversations"] or []:
         role = turn.get("from", turn.get("role"))
         content = turn.get("value", turn.get("content"))
         if role not in SHAREGPT_ROLES or content is None:
-            raise ConfigError("data.format", f"a conversation turn has role {role!r} and content {content!r}",
-                              f"use roles {sorted(SHAREGPT_ROLES)} with from/value or role/content keys")
-        messages.append({"role": SHAREGPT_ROLES[role], "content": content,
-                         **{flag: turn[flag] for flag in TURN_FLAGS if turn.get(flag) is not None}})
+            raise ConfigError("data.format", f"sample {index}: a conversation turn has role {role!r} and content "
+                              f"{content!r}", f"use roles {sorted(SHAREGPT_ROLES)} with from/value or role/content "
+                              "keys")
+        message = {"role": SHAREGPT_ROLES[role], "content": content}
+        if role == tools.CALL_ROLE:
+            message = {"role": "assistant", "content": "",
+                       "tool_calls": tools.function_calls(content, f"sample {index}")}
+        messages.append({**message, **{flag: turn[flag] for flag in TURN_FLAGS if turn.get(flag) is not None}})
     return {"messages": messages}
 
 
@@ -189,48 +205,62 @@ def _has_answer(row: dict) -> bool:
     return any(turn["role"] == "assistant" for turn in row["messages"])
 
 
-def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any) -> tuple[Any, bool, bool, int]:
-    """Rewrite rows into TRL's form.
-
-    Returns (dataset, assistant_only_loss, completion_only_loss, conversations dropped for having no answer).
-    """
+def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
+              template: str = "the chat template") -> Datasets:
+    """Rewrite rows into TRL's form (`template` names the chat template in errors): the rows as `train`, no `eval`."""
     columns = dataset.column_names
     responses = loss_on == "responses"
     if fmt == "text":
-        return dataset.select_columns(["text"]).map(lambda r: {"text": _text(r["text"])}), False, False, 0
+        return Datasets(dataset.select_columns(["text"]).map(lambda r: {"text": _text(r["text"])}), None, fmt,
+                        False, False)
     if fmt == "prompt_completion":
-        return dataset.select_columns(["prompt", "completion"]), False, responses, 0
+        return Datasets(dataset.select_columns(["prompt", "completion"]), None, fmt, False, responses)
     if fmt == "alpaca":
         dataset = dataset.map(_alpaca_to_prompt_completion, remove_columns=columns)
         if not responses:  # whole conversation trained: plain messages
-            return dataset.map(lambda r: {"messages": r["prompt"] + r["completion"]},
-                               remove_columns=["prompt", "completion"]), False, False, 0
-        return dataset, False, True, 0
+            return Datasets(dataset.map(lambda r: {"messages": r["prompt"] + r["completion"]},
+                                        remove_columns=["prompt", "completion"]), None, fmt, False, False)
+        return Datasets(dataset, None, fmt, False, True)
     if fmt == "sharegpt":
-        dataset = dataset.map(_sharegpt_to_messages, remove_columns=columns)
-    dataset = dataset.select_columns(["messages"])
-    conversations = dataset["messages"]  # read once: whether content comes in parts, whether turns carry flags
+        dataset = dataset.map(_sharegpt_to_messages, with_indices=True,
+                              remove_columns=[c for c in columns if c != tools.TOOLS])
+    dataset = dataset.select_columns([c for c in ("messages", tools.TOOLS) if c in dataset.column_names])
+    conversations = dataset["messages"]  # read once: content parts, turn flags, tool use
     flagged = has_turn_flags(conversations)
     if any(isinstance(turn["content"], list) for turns in conversations for turn in turns):
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
+    tool_parts = tuple(tools.used(conversations, dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else None))
+    if tool_parts:  # what the template must render: checked before a token is made
+        tools.check_renders(tokenizer, tool_parts, template)
+        dataset = dataset.map(tools.normalize_row, with_indices=True, features=tools.features(dataset),
+                              desc="Reading tool calls")
+    elif tools.TOOLS in dataset.column_names:  # a tools column with no tools in it
+        dataset = dataset.remove_columns(tools.TOOLS)
     if not responses:
         if flagged:
             log.warning("data: the messages' per-turn loss flags (train / loss_weight) are not used: "
                         "data.loss_on=all trains every token")
-        return dataset, False, False, 0
+        return Datasets(dataset, None, fmt, False, False, tools=tool_parts)
     with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
     dropped = len(dataset) - len(with_answer)
     if use_training_template(tokenizer):
         if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
             with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
-        return with_answer, True, False, dropped  # every assistant turn carries the loss
+        return Datasets(with_answer, None, fmt, True, False, dropped, tool_parts)  # every assistant turn trains
+    fix = "set model.chat_template to one that marks them (e.g. chatml)"
     if flagged:
-        raise ConfigError("data.source", "its messages carry per-turn loss flags (train / loss_weight), and the chat "
-                          "template marks no assistant turns, nor does TRL ship a version of it that does",
-                          "set model.chat_template to one that marks them (e.g. chatml), or remove the flags")
+        raise ConfigError("data.source", "its messages carry per-turn loss flags (train / loss_weight), and "
+                          f"{template} marks no assistant turns, nor does TRL ship a version of it that does",
+                          f"{fix}, or remove the flags")
+    if "calls" in tool_parts:
+        raise ConfigError("model.chat_template", f"{template} marks no assistant turns, nor does TRL ship a version "
+                          "of it that does: only the last answer of each conversation would train, never a tool call",
+                          "use a template with {% generation %} markers that renders tools (e.g. the model's own "
+                          "Qwen 2.5/3 or Llama 3.x template on backend=hf, which TRL patches)")
     log.info("data: the chat template marks no assistant turns and TRL has no patched version of it; "
              "only the last assistant turn of each conversation carries the loss")
-    return with_answer.map(_until_last_answer, remove_columns=["messages"]), False, True, dropped
+    return Datasets(with_answer.map(_until_last_answer, remove_columns=["messages"]), None, fmt, False, True, dropped,
+                    tool_parts)
 
 
 REQUIRED_TEXT = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
@@ -261,10 +291,10 @@ def _check_roles(conversations: list, key: str = "data.source", column: str = "m
             if turn.get("role") not in MESSAGE_ROLES:
                 raise ConfigError(key, f"sample {index} has a message with role {turn.get('role')!r}",
                                   f"use roles {', '.join(MESSAGE_ROLES)} (or map them in the file)")
-            if turn.get("content") is None:
+            if turn.get("content") is None and not turn.get("tool_calls"):  # a tool call may come without text
                 raise ConfigError(key, f"sample {index} has a {turn.get('role')} message with no content",
                                   "fill it in or remove the sample")
-            kind = _non_text_part(turn["content"])
+            kind = _non_text_part(turn.get("content"))
             if kind is not None:
                 raise ConfigError(key, f"sample {index} of column '{column}' has a '{kind}' content part in a "
                                   f"{turn['role']} message: this pipeline trains on text only (multimodal data is not "
@@ -317,32 +347,47 @@ def read(data: Any) -> Raw:
 
 
 def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> None:
-    """Required fields, then (conversations) every turn's role and content."""
+    """Required fields, then (conversations) every turn's role and content, and the tool calls and tools."""
     _check_rows(dataset, fmt, key)
-    if fmt == "messages":
-        _check_roles(dataset["messages"], key)
-    elif fmt == "sharegpt":
-        _check_roles([_sharegpt_to_messages(row)["messages"] for row in dataset], key, "conversations")
+    if fmt not in ("messages", "sharegpt"):
+        return
+    try:
+        if fmt == "messages":
+            conversations = dataset["messages"]
+        else:
+            conversations = [_sharegpt_to_messages(row, i)["messages"] for i, row in enumerate(dataset)]
+        _check_roles(conversations, key, "messages" if fmt == "messages" else "conversations")
+        definitions = dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else [None] * len(dataset)
+        if tools.used(conversations, definitions):
+            for index, (messages, definition) in enumerate(zip(conversations, definitions, strict=True)):
+                tools.normalize_row({"messages": messages, tools.TOOLS: definition}, index)
+    except ConfigError as error:  # the sample is named; the key says which source holds it
+        if error.key != "data.source":
+            raise
+        raise ConfigError(key, error.problem, error.fix) from error
 
 
-def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None) -> Datasets:
-    """Normalize and split the configured data (read now unless `raw` is given) for SFTTrainer."""
+def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None, template: str | None = None) -> Datasets:
+    """Normalize and split the configured data (read now unless `raw` is given) for SFTTrainer; `template` is
+    model.chat_template (None: the tokenizer's own), named in errors."""
     raw = raw or read(data)
     dataset, fmt = raw.dataset, raw.format
     if fmt not in ("text", "prompt_completion") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
                           "set model.chat_template, e.g. model.chat_template=chatml")
-    dataset, assistant_only, completion_only, dropped = normalize(dataset, fmt, data.loss_on, tokenizer)
+    label = f"the chat template '{template}'" if template else "the tokenizer's own chat template"
+    normalized = normalize(dataset, fmt, data.loss_on, tokenizer, label)
+    dataset, dropped = normalized.train, normalized.dropped_without_answer
     if len(dataset) == 0:
         raise ConfigError("data.source", f"none of its {dropped} conversations has an assistant answer: nothing "
                           "to train on", "add assistant turns, or train on every token with data.loss_on=all")
     if raw.eval_dataset is not None:
-        evaluation, _, _, dropped_eval = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer)
-        train, dropped = dataset, dropped + dropped_eval
+        held_out = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer, label)
+        train, evaluation, dropped = dataset, held_out.train, dropped + held_out.dropped_without_answer
     else:
         train, evaluation = split(dataset, data.val_size, seed)
     if data.max_samples and len(train) > data.max_samples:  # a cap on training samples only
         train = train.select(range(data.max_samples))
     if dropped:
         log.info("data: %d conversations without an assistant answer dropped", dropped)
-    return Datasets(train, evaluation, fmt, assistant_only, completion_only, dropped)
+    return dataclasses.replace(normalized, train=train, eval=evaluation, dropped_without_answer=dropped)

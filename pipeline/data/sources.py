@@ -12,6 +12,10 @@ from typing import Any
 from pipeline.errors import ConfigError, first_line
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+# per-message loss flags (axolotl's `train`, LLaMA-Factory's `loss_weight`): keys inside each message, which
+# data.columns maps like columns (data.columns.train: <the data's key>)
+TURN_FLAGS = ("train", "loss_weight")
+CONVERSATION_COLUMNS = ("messages", "conversations")
 
 
 def quiet_progress_bars() -> None:
@@ -43,16 +47,39 @@ def load_source(data: Any, source: Any = None, key: str = "data.source") -> Any:
     sources = source if isinstance(source, list) else [source]
     parts = [_load_one(str(s), data, key) for s in sources]
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(_aligned(parts, sources, key))
-    if data.columns:
-        missing = {new: old for new, old in data.columns.items() if old not in dataset.column_names}
-        if missing:
-            new, old = next(iter(missing.items()))
-            raise ConfigError(f"data.columns.{new}", f"column '{old}' is not in {source} (columns: "
-                              f"{', '.join(dataset.column_names)})", "map to one of those columns")
-        dataset = dataset.rename_columns({old: new for new, old in data.columns.items() if old != new})
+    columns = {new: old for new, old in (data.columns or {}).items() if new not in TURN_FLAGS}
+    missing = {new: old for new, old in columns.items() if old not in dataset.column_names}
+    if missing:
+        new, old = next(iter(missing.items()))
+        raise ConfigError(f"data.columns.{new}", f"column '{old}' is not in {source} (columns: "
+                          f"{', '.join(dataset.column_names)})", "map to one of those columns")
+    dataset = dataset.rename_columns({old: new for new, old in columns.items() if old != new})
+    flags = {new: old for new, old in (data.columns or {}).items() if new in TURN_FLAGS and old != new}
+    if flags and len(dataset):
+        dataset = _renamed_message_keys(dataset, flags, source)
     if len(dataset) == 0:
         raise ConfigError(key, "the dataset is empty", f"point {key} at a file with samples")
     return dataset
+
+
+def _renamed_message_keys(dataset: Any, flags: dict[str, str], source: Any) -> Any:
+    """Rename the per-message flag keys data.columns maps (e.g. {train: use_for_training}) in every message."""
+    column = next((c for c in CONVERSATION_COLUMNS if c in dataset.column_names), None)
+    new, old = next(iter(flags.items()))
+    if column is None:
+        raise ConfigError(f"data.columns.{new}", f"per-message flags are keys of messages, and {source} has no "
+                          f"messages or conversations column", "map columns with data.columns, or drop this entry")
+    turns = [turn for conversation in dataset[column] for turn in conversation or [] if isinstance(turn, dict)]
+    if not any(turn.get(old) is not None for turn in turns):
+        raise ConfigError(f"data.columns.{new}", f"no message in {source} has a key '{old}'",
+                          f"name the key that marks the messages to train on (e.g. {new})")
+
+    renamed = {old: new for new, old in flags.items()}
+
+    def rename(row: dict) -> dict:
+        return {column: [{renamed.get(key, key): value for key, value in turn.items()} for turn in row[column]]}
+
+    return dataset.map(rename, desc="Mapping per-message flags")
 
 
 def _aligned(parts: list, sources: list, key: str) -> list:

@@ -38,7 +38,7 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
                           f"({resolution.adapted_layers} layers, preset {context.preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
         "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
-                f"({data.source_format}, loss on {formats.loss_label(data.source_format, run.data.loss_on)}"
+                f"({formats.describe(data.source_format, run.data.loss_on, data.datasets.tools)}"
                 f"{', from cache' if data.prepared.from_cache else ''})",
         "train tokens": prepare.describe(data.prepared.stats["train"]),
         "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
@@ -54,6 +54,6 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
         "effective_batch_size": effective_batch, "processes": context.world_size,
         "train_samples": len(data.datasets.train), "eval_samples": len(evaluation) if evaluation else 0,
-        "data_format": data.source_format,
+        "data_format": data.source_format, "data_tools": list(data.datasets.tools),
         "data_stats": data.prepared.stats_dict(), "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
     }

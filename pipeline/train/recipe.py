@@ -208,7 +208,7 @@ def read_data(run: TrainConfig) -> formats.Raw:
 def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> Data:
     """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
     tokenizer = load_tokenizer(run)
-    built = formats.build(run.data, tokenizer, run.seed, raw)
+    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template)
     prepared = prepare.prepare(built, tokenizer, run, write_cache)
     t = run.trainer
     if t.per_device_train_batch_size * t.gradient_accumulation_steps > len(prepared.train):
@@ -217,7 +217,7 @@ def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> 
                           f"{len(prepared.train)} training samples", "lower trainer.per_device_train_batch_size or "
                           "trainer.gradient_accumulation_steps, or give more data")
     # already tokenized and masked: the trainer keeps the labels and skips its own preparation
-    datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False)
+    datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, tools=built.tools)
     return Data(tokenizer, datasets, prepared, built.format)
 
 
