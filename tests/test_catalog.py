@@ -196,6 +196,14 @@ CASES = [
          line="error: data.source: its columns ['completion', 'label', 'prompt'] hold KTO data"),
     data("image data", '{"messages": [{"role": "user", "content": "what?"}], "images": ["cat.png"]}\n',
          line="error: data.source: its columns ['images', 'messages'] hold multimodal data (column 'images')"),
+    data("tool call with arguments that are not JSON", MESSAGES_ROW + '{"messages": [{"role": "user", "content": "q"}, '
+         '{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", '
+         '"arguments": "{city: Paris}"}}]}, {"role": "tool", "content": "r"}, '
+         '{"role": "assistant", "content": "a"}]}\n',
+         line="error: data.source: sample 1: a tool call's arguments is not valid JSON"),
+    train("tool calls with a template that drops them", "experiment=quickstart_tools", "backend=hf",
+          "model.chat_template=phi-3", line="error: model.chat_template: the chat template 'phi-3' cannot render "
+          "tool-calling data: it drops the tool definitions (tools=), the assistant's tool calls and tool results"),
     data("no conversation has an answer", '{"messages": [{"role": "user", "content": "a question"}]}\n',
          "data.val_size=0", line="error: data.source: none of its 1 conversations has an assistant answer"),
     data("alpaca with an empty output", '{"instruction": "a", "output": ""}\n',

@@ -296,7 +296,7 @@ def test_column_mapping_and_a_separate_eval_source(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.e2e
-def test_preprocess_marks_trained_tokens_and_caches(tmp_path: Path, home: Path) -> None:
+def test_preprocess_marks_trained_tokens_of_a_tool_calling_sample(tmp_path: Path, home: Path) -> None:
     first = run_cli("pipeline.preprocess", "experiment=quickstart_tools", f"hydra.run.dir={tmp_path / 'a'}",
                     home=home)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -307,11 +307,20 @@ def test_preprocess_marks_trained_tokens_and_caches(tmp_path: Path, home: Path) 
             '</tool_response><|im_end|>\n<|im_start|>assistant\n[[Animal: duck. Colour: red.<|im_end|>]]') \
         in first.stdout
     assert "train: 72 samples, tokens min" in first.stdout and "p95" in first.stdout
-    assert "served from cache" not in first.stdout
-    second = run_cli("pipeline.preprocess", "experiment=quickstart_tools", f"hydra.run.dir={tmp_path / 'b'}",
-                     home=home)
-    assert "served from cache" in second.stdout
-    assert json.loads((tmp_path / "b" / "data_stats.json").read_text())["from_cache"] is True
+    assert json.loads((tmp_path / "a" / "data_stats.json").read_text())["from_cache"] is False
+    # (a second run served from the cache: test_cache_serves_the_second_run, in process)
+
+
+@pytest.mark.e2e
+def test_quickstart_text_chunks_a_corpus_and_trains_on_every_token(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart_text", "logger=none", "trainer.max_steps=3",
+                     f"hydra.run.dir={tmp_path / 'run'}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eval samples (text, loss on all tokens)" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    stats = summary["data_stats"]["train"]
+    assert summary["status"] == "completed" and stats["windows"] > stats["overlength"] > 0
+    assert stats["dropped_overlength"] == stats["dropped_untrained"] == 0
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
