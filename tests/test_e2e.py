@@ -180,6 +180,12 @@ def test_plan_cli_writes_plan_json_offline(tmp_path: Path, home: Path) -> None:
         assert key in plan["presets"]["minimal"]
     # checkpointing is on by default; the plan also prices it off, which needs more memory
     assert plan["presets"]["all_linear"]["vram_gib_checkpointing_flipped"] > plan["presets"]["all_linear"]["vram_gib"]
+    # the data is local, the tokenizer of a hub model is not: priced at the limit, and said why
+    assert plan["settings"]["priced_length_from"] == "limit" and "cannot be loaded here" in result.stdout
+    fits = plan["presets"]["all_linear"]["fit"]
+    assert set(fits) == {"T4 16GB", "L4/A10G/4090 24GB", "A100 40GB", "A100/H100 80GB"}
+    assert fits["T4 16GB"]["fits"] and fits["A100/H100 80GB"]["max_batch"] > fits["T4 16GB"]["max_batch"] >= 2
+    assert "will it fit?" in result.stdout and f"b<={fits['T4 16GB']['max_batch']}" in result.stdout
 
 
 def test_plan_never_prices_the_preset_for_another_model(tmp_path: Path, home: Path) -> None:

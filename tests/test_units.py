@@ -161,3 +161,31 @@ def test_fsdp_settings_reach_transformers_fsdp_plugin_and_bitsandbytes(tmp_path:
     storage = BitsAndBytesConfig(load_in_4bit=True, **quant_storage(run.distributed, torch.bfloat16))
     assert storage.bnb_4bit_quant_storage == torch.bfloat16  # 4-bit weights in a float dtype FSDP can shard
     assert quant_storage(to_runconfig(compose("experiment=quickstart")).distributed, torch.bfloat16) == {}
+
+
+def test_the_largest_micro_batch_that_fits_follows_from_one_estimate() -> None:
+    from pipeline.plan import fit
+
+    # batch 2: 1.5 GiB per sample on top of 5 GiB that does not grow; a T4 leaves 15 - 0.5 (CUDA context) GiB
+    gpus = fit.fit({"base_weights": 4.0, "optimizer_states": 1.0, "activations": 2.0, "logits": 1.0}, batch_size=2)
+    assert gpus["T4 16GB"] == {"usable_gib": 14.5, "fits": True, "max_batch": 6, "short_gib": None}
+    assert fit.cell(gpus["A100/H100 80GB"]) == f"b<={int((81559 / 1024 - 0.5 - 5) // 1.5)}"
+    too_big = fit.fit({"base_weights": 20.0, "activations": 4.0, "logits": 0.0}, batch_size=4)["T4 16GB"]
+    assert too_big == {"usable_gib": 14.5, "fits": False, "max_batch": None, "short_gib": 6.5}  # 20 + 1 - 14.5
+    assert fit.cell(too_big) == "-6.5 GiB"
+
+
+def test_plan_prices_a_local_dataset_at_its_longest_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.plan.lengths import priced_length
+
+    monkeypatch.setenv("FT_DATA_CACHE", str(tmp_path / "cache"))
+    length = priced_length(to_runconfig(compose("experiment=quickstart")))
+    assert (length.tokens, length.source) == (53, "data")  # tiny_messages.jsonl: 38-53 tokens, limit 256
+    assert "the longest training sample of" in length.reason and "(p95 53, limit 256; 72 samples)" in length.reason
+    packed = priced_length(to_runconfig(compose("experiment=quickstart", "data.packing=true")))
+    assert (packed.tokens, packed.source) == (256, "limit")
+    hub = priced_length(to_runconfig(compose("experiment=quickstart", "data.source=someone/some-dataset")))
+    assert (hub.tokens, hub.source) == (256, "limit") and "not a local dataset" in hub.reason

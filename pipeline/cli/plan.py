@@ -15,14 +15,17 @@ from omegaconf import DictConfig
 from pipeline.cli.common import CONF_DIR, entry, run_command
 from pipeline.config.context import RunContext, target_presets
 from pipeline.outputs.rundir import write_atomically, write_hydra_files
+from pipeline.plan.fit import format_fit
 from pipeline.plan.table import format_parts, format_table, plan
 
 
 def plan_command(run: Any, context: RunContext) -> dict:
     from pipeline.model.loading import check_local_model
+    from pipeline.plan.lengths import priced_length
 
     check_local_model(run.model.name)  # a path that is not there: said before any import
-    result = plan(run, target_presets(), context.preset, context.architecture_applies)
+    length = priced_length(run)
+    result = plan(run, target_presets(), context.preset, context.architecture_applies, length)
     print_plan(result)
     write_hydra_files(context.run_dir, context.hydra_files)
     write_atomically(context.run_dir / "plan.json", json.dumps(result, indent=2) + "\n")
@@ -39,8 +42,9 @@ def print_plan(result: dict) -> None:
     s = result["settings"]
     selected = result["presets"][result["selected"]]
     print(f"model {result['model']} ({result['model_type']}), {s['quantization_bits']}-bit base, r={s['r']}, "
-          f"batch {s['batch_size']} x {s['max_seq_length']} tokens, gradient checkpointing "
+          f"batch {s['batch_size']} x {s['priced_length']} tokens, gradient checkpointing "
           f"{'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}")
+    print(f"priced at {s['priced_length_reason']}")
     print(format_table(result))
     print(f"\n* selected: {result['selected']}, {selected['total_params']:,} parameters in all; "
           f"VRAM parts (GiB): {format_parts(selected)}")
@@ -48,6 +52,9 @@ def print_plan(result: dict) -> None:
           f"{selected['vram_gib_checkpointing_flipped']:.2f} GiB")
     for note in selected["notes"]:
         print(f"note: {note}")
+    print(f"\nwill it fit? the largest micro-batch at {s['priced_length']} tokens (yours: {s['batch_size']}; ! where "
+          "it does not fit), or what a micro-batch of 1 lacks:")
+    print(format_fit(result["presets"], result["selected"], s["batch_size"]))
 
 
 cli = entry(main)

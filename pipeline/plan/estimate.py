@@ -79,7 +79,7 @@ def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int,
     return quantized_params * per_weight + scales + other_params * other_bytes
 
 
-def activation_bytes(config: Any, run: Any, target_modules: list[str]) -> float:
+def activation_bytes(config: Any, run: Any, target_modules: list[str], seq_len: int) -> float:
     """Activations kept for backward for one micro-batch, in bf16.
 
     Per token per layer, backward always keeps the norm inputs (2h), attention's q, k, v and output
@@ -97,7 +97,7 @@ def activation_bytes(config: Any, run: Any, target_modules: list[str]) -> float:
                    + h * any(k in names for k in ("gate", "up_proj", "c_fc", "fc1", "dense_h_to_4h"))
                    + inter * any(k in names for k in ("down", "fc2", "mlp.c_proj", "dense_4h_to_h")))
     per_token_layer = 4 * h + 2 * kv_dim + 3 * inter + lora_inputs + run.lora.r * len(target_modules)
-    tokens = run.trainer.per_device_train_batch_size * sequence_length(run)
+    tokens = run.trainer.per_device_train_batch_size * seq_len
     layers = config.num_hidden_layers
     if run.trainer.gradient_checkpointing:
         return (layers * h + per_token_layer) * tokens * ACTIVATION_BYTES
@@ -112,21 +112,24 @@ def sequence_length(run: Any) -> int:
 LOSS_CHUNKS = 8  # chunked cross-entropy (Unsloth's fused loss on GPU, torchtune's CEWithChunkedOutputLoss)
 
 
-def logits_bytes(config: Any, run: Any, chunked: bool) -> float:
+def logits_bytes(config: Any, run: Any, chunked: bool, seq_len: int) -> float:
     """The output layer's logits: bf16, the fp32 copy the loss works on, and its gradient.
 
     A chunked loss only ever holds one chunk of them.
     """
-    tokens = run.trainer.per_device_train_batch_size * sequence_length(run)
+    tokens = run.trainer.per_device_train_batch_size * seq_len
     return tokens * config.vocab_size * (2 + 4 + 4) / (LOSS_CHUNKS if chunked else 1)
 
 
 def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] | None = None,
-             target_parameters: list[str] | None = None, chunked_loss: bool | None = None) -> Estimate:
+             target_parameters: list[str] | None = None, chunked_loss: bool | None = None,
+             seq_len: int | None = None) -> Estimate:
     """Parameter counts and a VRAM estimate for one choice of target modules (and MoE expert weights).
 
     `chunked_loss` defaults to the backend's behaviour on GPU: Unsloth chunks its cross-entropy, plain HF does not.
+    `seq_len` (tokens per sample) defaults to the limit, `sequence_length(run)`.
     """
+    seq_len = seq_len or sequence_length(run)
     if chunked_loss is None:
         chunked_loss = run.backend == "unsloth"
     shapes = linear_shapes(model)
@@ -150,8 +153,8 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
         "lora_weights": trainable * adapter_bytes,
         "lora_gradients": trainable * adapter_bytes,
         "optimizer_states": trainable * OPTIMIZER_BYTES.get(optim, 8),
-        "activations": activation_bytes(model.config, run, target_modules),
-        "logits": logits_bytes(model.config, run, chunked_loss),
+        "activations": activation_bytes(model.config, run, target_modules, seq_len),
+        "logits": logits_bytes(model.config, run, chunked_loss, seq_len),
     }
     names = list(target_modules) + list(target_parameters or [])
     return Estimate(target_modules=names, adapted_layers=adapted, trainable_params=trainable,

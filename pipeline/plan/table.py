@@ -1,4 +1,5 @@
-"""The plan: the configured run and every target-module preset beside it, priced on the weightless skeleton."""
+"""The plan: the configured run and every target-module preset beside it, priced on the weightless skeleton, and
+whether each fits the common GPUs."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.model import targets
 from pipeline.model.skeleton import build_meta_model
-from pipeline.plan import estimate
+from pipeline.plan import estimate, fit
+from pipeline.plan.lengths import PricedLength
 
 
-def plan(run: Any, presets: dict[str, list[str]], selected: str, architecture_applies: bool = True) -> dict:
-    """Counts and VRAM for the configured targets (`selected`: its preset name, or custom) and every preset."""
+def plan(run: Any, presets: dict[str, list[str]], selected: str, architecture_applies: bool = True,
+         length: PricedLength | None = None) -> dict:
+    """Counts and VRAM for the configured targets (`selected`: its preset name, or custom) and every preset, priced
+    at `length` tokens per sample (default: the limit)."""
+    limit = estimate.sequence_length(run)
+    length = length or PricedLength(limit, "limit", f"{limit} tokens per sample, the limit")
     model = build_meta_model(run.model, architecture_applies)
     model_type = model.config.model_type
     choices = dict(presets)
@@ -28,12 +34,14 @@ def plan(run: Any, presets: dict[str, list[str]], selected: str, architecture_ap
                 raise  # the user's own choice must resolve; other presets may not exist for this model
             continue
         results[name] = estimate.estimate(model, run, resolution.target_modules, resolution.notes,
-                                          resolution.target_parameters).as_dict()
+                                          resolution.target_parameters, seq_len=length.tokens).as_dict()
         results[name]["vram_gib_checkpointing_flipped"] = round(
             estimate.estimate(model, flip_checkpointing(run), resolution.target_modules,
-                              target_parameters=resolution.target_parameters).vram_gib, 2)
+                              target_parameters=resolution.target_parameters, seq_len=length.tokens).vram_gib, 2)
+        results[name]["fit"] = fit.fit(results[name]["vram_parts"], run.trainer.per_device_train_batch_size)
     return {"model": run.model.name, "model_type": model_type, "selected": selected,
-            "settings": settings_of(run), "presets": results}
+            "settings": {**settings_of(run), "priced_length": length.tokens, "priced_length_from": length.source,
+                         "priced_length_reason": length.reason}, "presets": results}
 
 
 def flip_checkpointing(run: Any) -> Any:
