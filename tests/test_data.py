@@ -66,6 +66,11 @@ def test_content_parts_train_exactly_what_plain_text_content_trains(tmp_path: Pa
     assert parts.train["input_ids"] == plain.train["input_ids"] and parts.train["labels"] == plain.train["labels"]
     trained, _ = trained_and_context(first_row_with(parts, tok, "The young white duck sits under the tree."), tok)
     assert trained == "Animal: duck. Colour: white.<|im_end|>"
+    # LLaMA-Factory's v1 messages name the text `value`
+    rows = [json.loads(line.replace('"text": "', '"value": "'))
+            for line in (DATA / "tiny_content_parts.jsonl").read_text().splitlines()]
+    values, _ = prepared_for(tmp_path / "values", monkeypatch, f"data.source={write_jsonl(tmp_path / 'v.jsonl', rows)}")
+    assert values.train["input_ids"] == plain.train["input_ids"] and values.train["labels"] == plain.train["labels"]
 
 
 def test_a_non_text_content_part_is_refused_naming_the_sample(tmp_path: Path) -> None:

@@ -116,11 +116,16 @@ def _alpaca_to_prompt_completion(row: dict) -> dict:
             "completion": [{"role": "assistant", "content": _text(row["output"])}]}
 
 
+def _part_text(part: dict) -> Any:
+    """A text part's text: OpenAI's `{"type": "text", "text": ...}`, LLaMA-Factory v1's `{..., "value": ...}`."""
+    return part["text"] if part.get("text") is not None else part.get("value")
+
+
 def content_text(content: Any) -> Any:
-    """OpenAI-style content parts (`[{"type": "text", "text": ...}, ...]`) as one string, the text parts joined by
-    line breaks; a string (or anything else, refused by `_check_roles`) as it is."""
+    """Content parts (`[{"type": "text", "text": ...}, ...]`) as one string, the text parts joined by line breaks; a
+    string (or anything else, refused by `_check_roles`) as it is."""
     if isinstance(content, list):
-        return "\n".join(part["text"] for part in content)
+        return "\n".join(_part_text(part) for part in content)
     return content
 
 
@@ -130,7 +135,7 @@ def _non_text_part(content: Any) -> str | None:
         return None
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-        if kind != "text" or not isinstance(part.get("text"), str):
+        if kind != "text" or not isinstance(_part_text(part), str):
             return str(kind)
     return None
 
