@@ -7,6 +7,8 @@
 - Hydra's `run_and_report`, wrapped so that user mistakes print as one line (Hydra has no hook for it).
 - TRL's shipped chat-template files (`trl/chat_templates/*.jinja`), read without importing TRL.
 - A failed Hydra job's exception, read without the stderr line `JobReturn.return_value` prints.
+- transformers', TRL's and PEFT's "is it installed" checks (`importlib.util.find_spec`), answered "no" for W&B and
+  bitsandbytes in a run that will not use them.
 - llama.cpp's `convert_hf_to_gguf.py`, told the pre-tokenizer of a byte-level BPE tokenizer with GPT-2's split rule
   whose fingerprint it does not list (it knows released models' tokenizers by a hash of their output).
 """
@@ -203,3 +205,17 @@ def splits_like_gpt2(tokenizer_json: Path) -> bool:
     pre = spec.get("pre_tokenizer") or {}
     return (pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
             and spec.get("normalizer") is None)
+
+
+def hide_from_imports(names: list[str]) -> list[str]:
+    """Make installed libraries look absent to this process; returns those hidden (not already imported).
+
+    transformers and TRL import W&B, and PEFT imports bitsandbytes (which pulls in torch's compiler), whenever they
+    are installed: about 1 s and 3 s of every run's start-up, also for runs that never log to W&B or quantize. They
+    decide with `importlib.util.find_spec`, which answers None for a name whose `sys.modules` entry is None (Python's
+    own marker for "not importable"); an `import` of it then fails. Only for a process that runs a single job.
+    """
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    return hidden

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 import inspect
 import textwrap
 from pathlib import Path
@@ -156,3 +157,35 @@ def test_only_gpt2_style_splitting_gets_the_gpt2_fallback(tmp_path: Path) -> Non
         (tmp_path / "tokenizer.json").write_text(json.dumps({**spec, **change}))
         assert not splits_like_gpt2(tmp_path / "tokenizer.json"), change
     assert not splits_like_gpt2(tmp_path / "missing.json")
+
+
+def test_a_hidden_library_looks_absent_to_find_spec_and_import() -> None:
+    import importlib.util
+
+    from pipeline.compat import hide_from_imports
+
+    assert importlib.util.find_spec("json") is not None
+    try:
+        assert hide_from_imports(["pipeline_test_absent", "sys"]) == ["pipeline_test_absent"]  # sys is loaded
+        assert importlib.util.find_spec("pipeline_test_absent") is None  # what transformers' and PEFT's checks ask
+        with pytest.raises(ImportError):
+            import pipeline_test_absent  # noqa: F401
+    finally:
+        del sys.modules["pipeline_test_absent"]
+
+
+def test_only_a_single_job_without_a_logger_hides_wandb_and_16_bit_hf_hides_bitsandbytes() -> None:
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.train.precision import resolve_precision
+    from pipeline.train.trainer import unused_libraries
+
+    def unused(*overrides: str, single_job: bool = True) -> list[str]:
+        run = to_runconfig(compose("experiment=quickstart", *overrides))
+        return unused_libraries(run, resolve_precision(run.model.dtype, run.backend), single_job)
+
+    assert unused("logger=none", "backend=hf", "quantization=none") == ["wandb", "bitsandbytes"]
+    assert unused("logger=none", "backend=hf", "quantization=none", single_job=False) == []  # a sweep's process
+    assert unused("logger=wandb", "backend=hf", "quantization=nf4") == []
+    assert unused("logger=none", "backend=unsloth", "quantization=none") == ["wandb"]  # Unsloth imports it itself

@@ -17,7 +17,7 @@ STEPS = 4
 COMMON = ("experiment=quickstart", "backend=hf", "logger=none", "eval.before_after=false", "data.val_size=0",
           f"trainer.max_steps={STEPS}", "trainer.logging_steps=1", "trainer.gradient_accumulation_steps=2")
 # every file of a run directory; rank 1 adds only its rng_state_1.pth to each checkpoint (the trainer's own)
-RUN_FILES = {".hydra", ".lock", "adapter", "checkpoints", "config.resolved.yaml", "loss.png", "metrics.jsonl",
+RUN_FILES = {".hydra", ".lock", "adapter", "checkpoints", "config.resolved.yaml", "loss.svg", "metrics.jsonl",
              "summary.json", "train.log"}
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import SECRET, run_cli
 
 pytestmark = pytest.mark.e2e
-RUN_FILES = ["config.resolved.yaml", "metrics.jsonl", "summary.json", "loss.png", "adapter/adapter_config.json",
+RUN_FILES = ["config.resolved.yaml", "metrics.jsonl", "summary.json", "loss.svg", "adapter/adapter_config.json",
              "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json", ".hydra/config.yaml"]
 
 

@@ -189,3 +189,34 @@ def test_plan_prices_a_local_dataset_at_its_longest_sample(tmp_path: Path, monke
     assert (packed.tokens, packed.source) == (256, "limit")
     hub = priced_length(to_runconfig(compose("experiment=quickstart", "data.source=someone/some-dataset")))
     assert (hub.tokens, hub.source) == (256, "limit") and "not a local dataset" in hub.reason
+
+
+def test_summary_keeps_gpu_peaks_allocated_and_reserved_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from pipeline.outputs import report
+
+    cpu = report.training_facts(None, [], 1.0, "cpu")
+    assert cpu["peak_memory_mb"] > 0 and "peak_memory_allocated_mb" not in cpu and "peak_memory_reserved_mb" not in cpu
+    # no GPU here: the two CUDA counters stand in for a device's
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 4 * 2**30)
+    assert report.gpu_peaks_mb("cuda") == {"peak_memory_allocated_mb": 3072.0, "peak_memory_reserved_mb": 4096.0}
+
+
+def test_the_loss_plot_is_a_well_formed_svg_with_both_curves(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from pipeline.outputs import plot
+
+    assert plot.nice_ticks(0.07, 1.93) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert plot.nice_ticks(0, 60) == [0, 20, 40, 60]
+    series = {"loss": [(s, 2.0 / s) for s in range(1, 61)], "eval_loss": [(10, 0.4), (20, 0.2)], "other": []}
+    plot.write_loss_svg(tmp_path / "loss.svg", series, "quickstart <tiny>")
+    svg = ET.parse(tmp_path / "loss.svg").getroot()
+    namespace = "{http://www.w3.org/2000/svg}"
+    assert len(svg.findall(f"{namespace}polyline")) == 1 and len(svg.findall(f"{namespace}circle")) == 2
+    assert len(svg.find(f"{namespace}polyline").get("points").split()) == 60
+    assert "quickstart <tiny>" in [t.text for t in svg.findall(f"{namespace}text")]
+    plot.write_loss_svg(tmp_path / "none.svg", {"loss": []}, "no points")
+    assert not (tmp_path / "none.svg").exists()

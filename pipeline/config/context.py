@@ -64,7 +64,8 @@ def preset_roles(option: str) -> list[str]:
     """The roles a target-module preset names, as Hydra composes it (wherever the preset file lives)."""
     from hydra import compose
 
-    return list(compose(config_name="train", overrides=[f"{TARGETS_GROUP}={option}", *searchpath_override()])
+    # the preset's group alone (a third of the time of composing the whole train config)
+    return list(compose(config_name=None, overrides=[f"+{TARGETS_GROUP}={option}", *searchpath_override()])
                 .lora.target_modules)
 
 

@@ -1,4 +1,4 @@
-"""What a run reports: the facts for summary.json, the console lines, and loss.png."""
+"""What a run reports: the facts for summary.json, the console lines, and loss.svg."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def gpu_peaks_mb(device: str) -> dict[str, float]:
+    """On a GPU, the peaks of memory in tensors (allocated) and of memory PyTorch's caching allocator took from the
+    GPU (reserved: what must fit; nvidia-smi adds the CUDA context). Nothing on CPU."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"peak_memory_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_memory_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+
+
 def loss_values(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
@@ -60,6 +71,7 @@ def training_facts(state: Any, rows: list[dict], runtime: float, device: str) ->
         "runtime_s": round(runtime, 2),
         "tokens_per_second": round(tokens_seen / runtime, 1) if tokens_seen and runtime > 0 else None,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
+        **gpu_peaks_mb(device),
         "versions": versions(),
         "git_sha": git_sha(),
     }
@@ -102,24 +114,9 @@ def next_commands(run_dir: Path) -> list[str]:
 
 
 def plot_loss(run_dir: Path, rows: list[dict], title: str) -> None:
-    import matplotlib
+    from pipeline.outputs.plot import write_loss_svg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("loss", "-"), ("eval_loss", "o--")):
-        points = loss_values(rows, key)
-        if points:
-            ax.plot(*zip(*points, strict=True), style, label=key.replace("_", " "))
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
-    plt.close(fig)
+    write_loss_svg(run_dir / "loss.svg", {key: loss_values(rows, key) for key in ("loss", "eval_loss")}, title)
 
 
 def close_progress_bars(trainer: Any) -> None:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.compat import hide_from_imports
 from pipeline.config.context import RunContext
 from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
@@ -42,6 +43,7 @@ from pipeline.train import stop
 from pipeline.train.distributed import check_launch
 from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
+from pipeline.train.trainer import unused_libraries
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         precision = resolve_precision(run.model.dtype, run.backend)  # torch only: before any weight loads
         check_options(run, precision.device)
         check_launch(run, context, precision.device)
+        hide_from_imports(unused_libraries(run, precision, single_job=not context.multirun))  # before transformers
         backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
         stop.raise_if_requested()  # a Ctrl-C that the import swallowed
         data = setup_data(run, raw, write_cache=context.main_process)
@@ -380,7 +383,7 @@ def evaluate_before_after(run: TrainConfig, run_dir: RunDirectory, summary: dict
 
 def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, summary: dict, trainer: Any,
                metrics: Any, started: float, precision: Precision | None, wandb_run: Any) -> None:
-    """summary.json, loss.png, W&B's summary: written whatever happened, so a failed sweep job explains itself."""
+    """summary.json, loss.svg, W&B's summary: written whatever happened, so a failed sweep job explains itself."""
     rows = metrics.rows if metrics is not None else []
     report.close_progress_bars(trainer)
     if not run_dir.writes:
@@ -394,6 +397,6 @@ def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, sum
         try:
             report.plot_loss(run_dir.path, rows, tracking.run_name(run, context))
         except OSError as error:  # a full disk: the summary above is what counts
-            log.warning("loss.png not written: %s", first_line(error))
+            log.warning("loss.svg not written: %s", first_line(error))
     tracking.finish(wandb_run, summary, exit_code=0 if summary["status"] == "completed" else 1)
     report.print_summary(summary, run_dir.path)

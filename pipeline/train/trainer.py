@@ -21,6 +21,21 @@ def choose_optimizer(name: str, precision: Precision) -> str:
     return name
 
 
+def unused_libraries(run: Any, precision: Precision, single_job: bool) -> list[str]:
+    """Installed libraries this run will not touch, which transformers, TRL and PEFT would import anyway (see
+    `compat.hide_from_imports`): W&B without a logger, bitsandbytes for a 16-bit base on the hf backend with a torch
+    optimizer. None in a process that runs several jobs (a sweep): a later job may need them."""
+    if not single_job:
+        return []
+    unused = []
+    if run.logger.kind == "none" or run.logger.mode == "disabled":
+        unused.append("wandb")
+    if run.backend == "hf" and run.quantization.bits == 16 and \
+            choose_optimizer(run.trainer.optim, precision) not in CUDA_ONLY_OPTIMIZERS:
+        unused.append("bitsandbytes")
+    return unused
+
+
 def machine_notes(run: Any, precision: Precision) -> list[str]:
     """Settings this machine cannot run as asked, and what runs instead: one line each, before any weight loads."""
     notes = []
