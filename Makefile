@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup quickstart test lint clean assets gpu-check
+.PHONY: help setup quickstart test lint clean assets gpu-check bench-gpu-presets bench-smoke
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install everything (quick when already done)
 
@@ -39,6 +39,12 @@ test: setup ## run the whole test suite (configs, units, end to end), two worker
 
 gpu-check: setup ## on a CUDA machine: quickstart, then a random-weight 1B model per preset (docs/gpu.md)
 	$(PY) benchmarks/gpu_check.py
+
+bench-gpu-presets: setup ## on a CUDA machine: every target preset x both backends, random 1B and 8B (docs/gpu.md)
+	$(PY) benchmarks/gpu_presets.py
+
+bench-smoke: setup ## the same benchmark on CPU at tiny size, 3 steps a run (a few minutes; CI runs it after the tests)
+	$(PY) benchmarks/gpu_presets.py --size tiny
 
 lint: setup ## ruff
 	$(PY) -m ruff check pipeline tests tools benchmarks hydra_plugins

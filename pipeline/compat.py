@@ -46,6 +46,9 @@ def pristine_trl_module(name: str) -> ModuleType:
         except BaseException:
             del sys.modules[module_name]
             raise
+        # bound in its package like any submodule: dill then pickles its functions' globals by reference, which
+        # tokenizing in several processes (TRL's dataset_num_proc) needs
+        setattr(importlib.import_module("trl.trainer"), module_name.rsplit(".", 1)[1], module)
     return module
 
 
@@ -67,7 +70,7 @@ def trl_sft_config() -> type:
 
 
 def trl_tokenize_and_mask(dataset: Any, tokenizer: Any, name: str, *, assistant_only_loss: bool,
-                          completion_only_loss: bool) -> Any:
+                          completion_only_loss: bool, num_proc: int | None = None) -> Any:
     """`input_ids` + `labels` exactly as TRL's SFTTrainer builds them, with the tokenizer alone (no trainer, no
     model, no truncation). `_prepare_dataset` reads three attributes of its trainer; a view carries just those."""
     import tempfile
@@ -75,7 +78,7 @@ def trl_tokenize_and_mask(dataset: Any, tokenizer: Any, name: str, *, assistant_
 
     args = trl_sft_config()(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
                             assistant_only_loss=assistant_only_loss, completion_only_loss=completion_only_loss,
-                            bf16=False, fp16=False, report_to="none")
+                            bf16=False, fp16=False, report_to="none", dataset_num_proc=num_proc)
     view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only_loss)
     return trl_prepare_dataset()(view, dataset, tokenizer, args, False, None, name)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import sys
 import inspect
+import sys
 import textwrap
 from pathlib import Path
 

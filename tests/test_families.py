@@ -130,6 +130,53 @@ def test_plan_counts_for_llama_3_1_8b() -> None:
     assert 5.0 < parts["base_weights"] < 5.6
 
 
+# model preset -> (trainable parameters at r=16 on all seven projections, the model's own parameters), as fine-tuning
+# reports print them from PEFT for the real checkpoints; None where no report was found. The MoE's count has no
+# report: it is L·r·(Σ attention (in+out) + experts · Σ expert (in+out)).
+PUBLISHED_R16 = {
+    "gemma2_2b": (20_766_720, None),
+    "gemma2_9b": (54_018_048, 9_241_705_984),
+    "llama3_2_3b": (24_313_856, None),
+    "llama3_3_70b": (207_093_760, 70_553_706_496),
+    "mistral_nemo_12b": (57_016_320, None),
+    "qwen2_5_14b": (68_812_800, 14_770_033_664),
+    "qwen3_14b": (64_225_280, 14_768_307_200),
+    "qwen3_30b_a3b": (642_514_944, 30_532_122_624),
+    "qwen3_8b": (43_646_976, 8_190_735_360),
+}
+
+
+@pytest.fixture(scope="module")
+def presets() -> dict[str, list[str]]:
+    return target_presets()
+
+
+@pytest.mark.parametrize("model", sorted(PUBLISHED_R16))
+def test_model_preset_counts_equal_published_and_peft(model: str, presets: dict[str, list[str]]) -> None:
+    """A preset's architecture numbers rebuild the real checkpoint: plan's all-linear count and the model's size are
+    the published ones, and on the same architecture cut to 2 layers (PEFT is slow on 80) plan's count for every
+    target preset equals PEFT's on the meta-device skeleton."""
+    import dataclasses
+
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.plan.table import plan
+
+    run = to_runconfig(compose(f"model={model}", "lora.r=16"))
+    trainable, size = PUBLISHED_R16[model]
+    full = plan(run, presets, "all_linear")["presets"]["all_linear"]
+    assert full["trainable_params"] == trainable
+    assert size is None or full["total_params"] - trainable == size
+    arch = {**run.model.architecture, "num_hidden_layers": 2}
+    short = dataclasses.replace(run, model=dataclasses.replace(run.model, architecture=arch))
+    for name, preset in plan(short, presets, "all_linear")["presets"].items():
+        skeleton = build_meta_model(short.model)
+        resolution = targets.validate_against_model(
+            targets.resolve(presets[name], skeleton.config.model_type, name), skeleton)
+        assert preset["trainable_params"] == peft_trainable(skeleton, resolution, r=16), name
+
+
 def test_plan_matches_the_real_tiny_model() -> None:
     from conftest import compose
     from peft import LoraConfig, get_peft_model

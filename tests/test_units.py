@@ -220,3 +220,13 @@ def test_the_loss_plot_is_a_well_formed_svg_with_both_curves(tmp_path: Path) -> 
     assert "quickstart <tiny>" in [t.text for t in svg.findall(f"{namespace}text")]
     plot.write_loss_svg(tmp_path / "none.svg", {"loss": []}, "no points")
     assert not (tmp_path / "none.svg").exists()
+
+
+def test_tokenizing_forks_one_process_per_core_only_for_large_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from pipeline.data.prepare import processes
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert (processes(None, 9_999), processes(None, 10_000), processes(3, 50), processes(1, 10**6)) == \
+        (None, 8, 3, None)  # None: TRL tokenizes in this process

@@ -90,6 +90,7 @@ class DataConfig:
     sample_by: str = one_of("paragraph", "paragraph", "document", "line")
     packing: bool = False
     cache: bool = True
+    num_proc: Optional[int] = at_least(1, None, "4", nullable="one process per core from 10,000 samples on")
     preview_samples: int = at_least(0, 3, "3")
 
 

@@ -36,6 +36,7 @@ def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(OmegaConf.structured(run.data), resolve=True)
+    data.pop("num_proc", None)  # how many processes tokenize does not change what they make
     key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
            "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,

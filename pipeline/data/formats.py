@@ -198,8 +198,14 @@ def _turn_trained(turn: dict) -> bool:
     return turn.get("loss_weight") is None or float(turn["loss_weight"]) != 0
 
 
-def has_turn_flags(conversations: list) -> bool:
-    return any(turn.get(flag) is not None for turns in conversations for turn in turns for flag in TURN_FLAGS)
+def _flags_and_parts(conversations: list) -> tuple[bool, bool]:
+    """(whether any message carries a loss flag, whether any content comes in parts), in one pass over the turns."""
+    flagged = parts = False
+    for turns in conversations:
+        for turn in turns:
+            flagged = flagged or turn.get("train") is not None or turn.get("loss_weight") is not None
+            parts = parts or isinstance(turn["content"], list)
+    return flagged, parts
 
 
 def _trained_turns(row: dict) -> dict:
@@ -231,8 +237,8 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
                               remove_columns=[c for c in columns if c != tools.TOOLS])
     dataset = dataset.select_columns([c for c in ("messages", tools.TOOLS) if c in dataset.column_names])
     conversations = dataset["messages"]  # read once: content parts, turn flags, tool use
-    flagged = has_turn_flags(conversations)
-    if any(isinstance(turn["content"], list) for turns in conversations for turn in turns):
+    flagged, in_parts = _flags_and_parts(conversations)
+    if in_parts:
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
     tool_parts = tuple(tools.used(conversations, dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else None))
     if tool_parts:  # what the template must render: checked before a token is made
@@ -272,15 +278,16 @@ REQUIRED_TEXT = {"alpaca": ("instruction", "output"), "prompt_completion": ("pro
                  "text": ("text",)}
 
 
-def _check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
-    """Name the first sample with a missing, empty or misshapen required field (CSV gaps, nulls in JSON)."""
+def _check_rows(dataset: Any, fmt: str, key: str = "data.source", turns_column: list | None = None) -> None:
+    """Name the first sample with a missing, empty or misshapen required field (CSV gaps, nulls in JSON);
+    `turns_column`: the conversations column, when the caller has read it already."""
     for column in REQUIRED_TEXT.get(fmt, ()):
         for index, value in enumerate(dataset[column]):
             if value is None or (isinstance(value, (str, list)) and not value):
                 raise ConfigError(key, f"sample {index} has an empty '{column}'", "fill it in or remove the sample")
     if fmt in ("messages", "sharegpt"):
         column = "messages" if fmt == "messages" else "conversations"
-        for index, turns in enumerate(dataset[column]):
+        for index, turns in enumerate(dataset[column] if turns_column is None else turns_column):
             if not turns:
                 raise ConfigError(key, f"sample {index} has no '{column}'", "give every sample at least one turn")
             odd = next((t for t in turns if not isinstance(t, dict)), None) if isinstance(turns, list) else turns
@@ -353,12 +360,14 @@ def read(data: Any) -> Raw:
 
 def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> None:
     """Required fields, then (conversations) every turn's role and content, and the tool calls and tools."""
-    _check_rows(dataset, fmt, key)
     if fmt not in ("messages", "sharegpt"):
+        _check_rows(dataset, fmt, key)
         return
+    turns_column = dataset["messages" if fmt == "messages" else "conversations"]  # read once (slow for large data)
+    _check_rows(dataset, fmt, key, turns_column)
     try:
         if fmt == "messages":
-            conversations = dataset["messages"]
+            conversations = turns_column
         else:
             conversations = [_sharegpt_to_messages(row, i)["messages"] for i, row in enumerate(dataset)]
         _check_roles(conversations, key, "messages" if fmt == "messages" else "conversations")

@@ -52,7 +52,19 @@ class Prepared:
         return {name: asdict(s) for name, s in self.stats.items()}
 
 
-def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: str) -> Any:
+PARALLEL_FROM = 10_000  # samples: below this, forking tokenizer processes costs more than it saves
+
+
+def processes(num_proc: int | None, samples: int) -> int | None:
+    """data.num_proc, or for null one process per core from PARALLEL_FROM samples on (None: this process)."""
+    import os
+
+    if num_proc is None:
+        num_proc = (os.cpu_count() or 1) if samples >= PARALLEL_FROM else 1
+    return num_proc if num_proc > 1 else None
+
+
+def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: str, num_proc: int | None = None) -> Any:
     """input_ids + labels exactly as SFTTrainer would build them (no truncation: our policy does that)."""
     from jinja2 import TemplateError
 
@@ -60,7 +72,8 @@ def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: st
 
     try:
         return trl_tokenize_and_mask(dataset, tokenizer, name, assistant_only_loss=datasets.assistant_only_loss,
-                                     completion_only_loss=datasets.completion_only_loss)
+                                     completion_only_loss=datasets.completion_only_loss,
+                                     num_proc=processes(num_proc, len(dataset)))
     except TemplateError as error:
         raise ConfigError("model.chat_template", f"the chat template cannot render a {name} sample: "
                           f"{first_line(error)}", "use a template that fits the data's roles") from error
@@ -124,8 +137,10 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         dataset = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length],
                                            "labels": row["labels"][:max_length]}, desc=f"Truncating {name}")
     before = len(dataset)
-    dataset = dataset.filter(lambda row: any(label != IGNORE for label in row["labels"]),
-                             desc=f"Dropping untrained {name}")
+    trained = [sum(label != IGNORE for label in labels) for labels in dataset["labels"]]  # labels read once
+    kept = [i for i, count in enumerate(trained) if count]
+    if len(kept) < before:  # samples with no trained token left
+        dataset = dataset.select(kept)
     if len(dataset) == 0:
         cause = ("the chat template may not mark the responses (or every response is cut off by max_length); "
                  "check model.chat_template, or train on everything with data.loss_on=all"
@@ -138,7 +153,7 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         p95=ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], max=ordered[-1], max_length=max_length,
         overlength=len(over), dropped_overlength=len(over) if policy == "drop" else 0,
         truncated=len(over) if policy == "truncate" else 0, dropped_untrained=before - len(dataset),
-        trained_tokens=sum(sum(label != IGNORE for label in row) for row in dataset["labels"]), windows=windows)
+        trained_tokens=sum(trained), windows=windows)
     return dataset.select_columns(["input_ids", "labels"]), stats
 
 
@@ -176,7 +191,7 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:
             continue
-        tokenized = apply_turn_flags(tokenize_with_trl(dataset, tokenizer, datasets, name), name)
+        tokenized = apply_turn_flags(tokenize_with_trl(dataset, tokenizer, datasets, name, run.data.num_proc), name)
         parts[name], stats[name] = apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     warn_about_drops(stats)

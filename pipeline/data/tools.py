@@ -76,10 +76,13 @@ def _without_nulls(value: Any) -> Any:
 
 def used(conversations: list, tools: list | None) -> list[str]:
     """Which of PARTS the data holds: tool definitions, assistant tool calls, tool results."""
-    turns = [turn for messages in conversations for turn in messages]
+    calls = results = False
+    for messages in conversations:  # one pass: this runs over every turn of the data
+        for turn in messages:
+            calls = calls or bool(turn.get("tool_calls"))
+            results = results or turn.get("role") == "tool"
     found = {"tools": any(_json(t, "its tools", "a sample") not in (None, [], "") for t in tools or []),
-             "calls": any(turn.get("tool_calls") for turn in turns),
-             "results": any(turn.get("role") == "tool" for turn in turns)}
+             "calls": calls, "results": results}
     return [part for part, present in found.items() if present]
 
 

@@ -43,6 +43,14 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peaks(device: str) -> None:
+    """Start a run's GPU peaks from now: jobs of a sweep run one after another in one process."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
 def gpu_peaks_mb(device: str) -> dict[str, float]:
     """On a GPU, the peaks of memory in tensors (allocated) and of memory PyTorch's caching allocator took from the
     GPU (reserved: what must fit; nvidia-smi adds the CUDA context). Nothing on CPU."""

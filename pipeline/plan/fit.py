@@ -42,14 +42,14 @@ def cell(gpu: dict) -> str:
 
 def format_fit(presets: dict[str, dict], selected: str, batch_size: int) -> str:
     """Presets down, GPU classes across: the largest micro-batch that fits (configured: `batch_size`)."""
-    widths = [max(len(name), 9) for name in GPU_CLASSES]
+    widths = [max(len(name), 10) for name in GPU_CLASSES]
     header = f"{'preset':<12} " + " ".join(f"{name:>{w}}" for name, w in zip(GPU_CLASSES, widths, strict=True))
     lines = [header, "-" * len(header)]
     for name, preset in presets.items():
         mark = "*" if name == selected else " "
         cells = []
         for gpu, width in zip(GPU_CLASSES, widths, strict=True):
-            text = cell(preset["fit"][gpu])
-            cells.append(f"{text + (' ' if preset['fit'][gpu]['fits'] else '!'):>{width}}")
+            smaller_only = preset["fit"][gpu]["max_batch"] and not preset["fit"][gpu]["fits"]  # yours does not fit
+            cells.append(f"{cell(preset['fit'][gpu]) + ('!' if smaller_only else ' '):>{width}}")
         lines.append(f"{mark}{name:<11} " + " ".join(cells))
     return "\n".join(lines)

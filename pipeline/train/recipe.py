@@ -93,6 +93,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         check_local_model(run.model.name)
         raw = read_data(run)  # mistakes in the data cost no model import
         precision = resolve_precision(run.model.dtype, run.backend)  # torch only: before any weight loads
+        report.reset_peaks(precision.device)
         check_options(run, precision.device)
         check_launch(run, context, precision.device)
         hide_from_imports(unused_libraries(run, precision, single_job=not context.multirun))  # before transformers
