@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.compat import hide_from_imports
 from pipeline.config.context import RunContext
 from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
@@ -43,7 +42,6 @@ from pipeline.train import stop
 from pipeline.train.distributed import check_launch
 from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
-from pipeline.train.trainer import unused_libraries
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +94,6 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         report.reset_peaks(precision.device)
         check_options(run, precision.device)
         check_launch(run, context, precision.device)
-        hide_from_imports(unused_libraries(run, precision, single_job=not context.multirun))  # before transformers
         backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
         stop.raise_if_requested()  # a Ctrl-C that the import swallowed
         data = setup_data(run, raw, write_cache=context.main_process)
