@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.data import tools
+from pipeline.data.checks import check_roles, check_rows, part_text
 from pipeline.data.sources import TURN_FLAGS, load_source
 from pipeline.errors import ConfigError
 
@@ -31,7 +32,6 @@ FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input",), "messages": (tools.TOOLS,), "sh
 MEDIA_COLUMNS = ("images", "image", "audios", "audio", "videos", "video")
 TRAINED_TURNS = "trained_turns"  # column: one bool per assistant turn, read by prepare.apply_turn_flags
 log = logging.getLogger(__name__)
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "model": "assistant", tools.CALL_ROLE: "assistant", tools.RESULT_ROLE: "tool",
                   "tool": "tool"}
@@ -116,28 +116,12 @@ def _alpaca_to_prompt_completion(row: dict) -> dict:
             "completion": [{"role": "assistant", "content": _text(row["output"])}]}
 
 
-def _part_text(part: dict) -> Any:
-    """A text part's text: OpenAI's `{"type": "text", "text": ...}`, LLaMA-Factory v1's `{..., "value": ...}`."""
-    return part["text"] if part.get("text") is not None else part.get("value")
-
-
 def content_text(content: Any) -> Any:
     """Content parts (`[{"type": "text", "text": ...}, ...]`) as one string, the text parts joined by line breaks; a
-    string (or anything else, refused by `_check_roles`) as it is."""
+    string (or anything else, refused by `checks.check_roles`) as it is."""
     if isinstance(content, list):
-        return "\n".join(_part_text(part) for part in content)
+        return "\n".join(part_text(part) for part in content)
     return content
-
-
-def _non_text_part(content: Any) -> str | None:
-    """The type of the first content part that is not text (an image, audio, a file), or None."""
-    if not isinstance(content, list):
-        return None
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-        if kind != "text" or not isinstance(_part_text(part), str):
-            return str(kind)
-    return None
 
 
 def _joined_parts(row: dict) -> dict:
@@ -274,45 +258,6 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
                     tool_parts)
 
 
-REQUIRED_TEXT = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
-                 "text": ("text",)}
-
-
-def _check_rows(dataset: Any, fmt: str, key: str = "data.source", turns_column: list | None = None) -> None:
-    """Name the first sample with a missing, empty or misshapen required field (CSV gaps, nulls in JSON);
-    `turns_column`: the conversations column, when the caller has read it already."""
-    for column in REQUIRED_TEXT.get(fmt, ()):
-        for index, value in enumerate(dataset[column]):
-            if value is None or (isinstance(value, (str, list)) and not value):
-                raise ConfigError(key, f"sample {index} has an empty '{column}'", "fill it in or remove the sample")
-    if fmt in ("messages", "sharegpt"):
-        column = "messages" if fmt == "messages" else "conversations"
-        for index, turns in enumerate(dataset[column] if turns_column is None else turns_column):
-            if not turns:
-                raise ConfigError(key, f"sample {index} has no '{column}'", "give every sample at least one turn")
-            odd = next((t for t in turns if not isinstance(t, dict)), None) if isinstance(turns, list) else turns
-            if odd is not None:
-                kind = f"a list of {type(odd).__name__}" if isinstance(turns, list) else f"a {type(odd).__name__}"
-                raise ConfigError(key, f"sample {index}: '{column}' is {kind}, not a list of messages",
-                                  'write it as [{"role": ..., "content": ...}, ...]')
-
-
-def _check_roles(conversations: list, key: str = "data.source", column: str = "messages") -> None:
-    for index, messages in enumerate(conversations):
-        for turn in messages:
-            if turn.get("role") not in MESSAGE_ROLES:
-                raise ConfigError(key, f"sample {index} has a message with role {turn.get('role')!r}",
-                                  f"use roles {', '.join(MESSAGE_ROLES)} (or map them in the file)")
-            if turn.get("content") is None and not turn.get("tool_calls"):  # a tool call may come without text
-                raise ConfigError(key, f"sample {index} has a {turn.get('role')} message with no content",
-                                  "fill it in or remove the sample")
-            kind = _non_text_part(turn.get("content"))
-            if kind is not None:
-                raise ConfigError(key, f"sample {index} of column '{column}' has a '{kind}' content part in a "
-                                  f"{turn['role']} message: this pipeline trains on text only (multimodal data is not "
-                                  "supported)", 'keep only {"type": "text", "text": ...} parts, or remove the sample')
-
-
 def eval_count(val_size: float, available: int) -> int:
     """How many samples data.val_size holds out of `available` (a fraction or a count); refused if it is all."""
     count = int(val_size) if val_size >= 1 else max(1, round(available * val_size))
@@ -361,16 +306,16 @@ def read(data: Any) -> Raw:
 def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> None:
     """Required fields, then (conversations) every turn's role and content, and the tool calls and tools."""
     if fmt not in ("messages", "sharegpt"):
-        _check_rows(dataset, fmt, key)
+        check_rows(dataset, fmt, key)
         return
     turns_column = dataset["messages" if fmt == "messages" else "conversations"]  # read once (slow for large data)
-    _check_rows(dataset, fmt, key, turns_column)
+    check_rows(dataset, fmt, key, turns_column)
     try:
         if fmt == "messages":
             conversations = turns_column
         else:
             conversations = [_sharegpt_to_messages(row, i)["messages"] for i, row in enumerate(dataset)]
-        _check_roles(conversations, key, "messages" if fmt == "messages" else "conversations")
+        check_roles(conversations, key, "messages" if fmt == "messages" else "conversations")
         definitions = dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else [None] * len(dataset)
         if tools.used(conversations, definitions):
             for index, (messages, definition) in enumerate(zip(conversations, definitions, strict=True)):
