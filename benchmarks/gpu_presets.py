@@ -143,14 +143,6 @@ def run_overrides(model_preset: str, model_dir: Path, backend: str, preset: str,
             "trainer.gradient_accumulation_steps=1", f"hydra.run.dir={run_dir}"]
 
 
-def train_tokens_per_second(rows: list[dict]) -> float | None:
-    """Tokens over the trainer's own train_runtime: loading and quantizing the model, which summary.json's
-    tokens_per_second includes, are left out."""
-    tokens = max((r["num_tokens"] for r in rows if "num_tokens" in r), default=0)
-    runtime = next((r["train_runtime"] for r in reversed(rows) if "train_runtime" in r), None)
-    return round(tokens / runtime, 1) if tokens and runtime else None
-
-
 def peaks_gib(summary: dict) -> dict:
     """Peak allocated and reserved GPU memory, or on CPU the peak resident memory of the run's process."""
     on_gpu = summary.get("device") == "cuda"
@@ -170,15 +162,14 @@ def last_line(log: Path) -> str:
 
 
 def result_row(run_dir: Path, log: Path, exit_code: int) -> dict:
-    """One measurement from the run's summary.json and metrics.jsonl (a run that left no summary: its last line)."""
-    from pipeline.train.callbacks import read_rows
-
+    """One measurement from the run's summary.json (a run that left no summary: its last line)."""
     if not (run_dir / "summary.json").is_file():
         return {"status": "failed", "error": f"exit {exit_code}: {last_line(log)}", "run_dir": str(run_dir)}
     summary = json.loads((run_dir / "summary.json").read_text())
     row = {"status": summary["status"], "autocast": summary.get("autocast"),
            "trainable_params": summary.get("trainable_params"),
-           "train_tokens_per_second": train_tokens_per_second(read_rows(run_dir / "metrics.jsonl")),
+           # tokens over the trainer's own train_runtime: loading and quantizing the model are left out
+           "train_tokens_per_second": summary.get("train_tokens_per_second"),
            **peaks_gib(summary),
            "plan_gib": summary.get("plan_vram_gib"), "run_dir": str(run_dir), "error": summary.get("error")}
     row["allocated_vs_plan"] = ratio(row["peak_allocated_gib"], row["plan_gib"])

@@ -9,6 +9,7 @@
 - A failed Hydra job's exception, read without the stderr line `JobReturn.return_value` prints.
 - transformers', TRL's and PEFT's "is it installed" checks (`importlib.util.find_spec`), answered "no" for W&B and
   bitsandbytes in a run that will not use them.
+- Unsloth's name tables (`unsloth/models/mapper.py`), read without importing `unsloth.models` (which needs a GPU).
 - llama.cpp's `convert_hf_to_gguf.py`, told the pre-tokenizer of a byte-level BPE tokenizer with GPT-2's split rule
   whose fingerprint it does not list (it knows released models' tokenizers by a hash of their output).
 """
@@ -23,6 +24,9 @@ from types import ModuleType
 from typing import Any
 
 PRISTINE_PREFIX = "trl.trainer._pipeline_pristine_"
+# Unsloth's GPU import rewrites every `trl.trainer` attribute that is lower case and ends in "_trainer"
+# (`patch_trl_rl_trainers`), a copy of sft_trainer included: the suffix keeps ours out of that walk.
+PRISTINE_SUFFIX = "_copy"
 
 
 def pristine_trl_module(name: str) -> ModuleType:
@@ -34,7 +38,7 @@ def pristine_trl_module(name: str) -> ModuleType:
     files are untouched, so a copy executed once under its own module name gives back the originals on every
     machine. Relative imports resolve in `trl.trainer`, so the copy shares TRL's helpers.
     """
-    module_name = PRISTINE_PREFIX + name
+    module_name = PRISTINE_PREFIX + name + PRISTINE_SUFFIX
     module = sys.modules.get(module_name)
     if module is None:
         origin = importlib.util.find_spec(f"trl.trainer.{name}").origin
@@ -81,6 +85,22 @@ def trl_tokenize_and_mask(dataset: Any, tokenizer: Any, name: str, *, assistant_
                             bf16=False, fp16=False, report_to="none", dataset_num_proc=num_proc)
     view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only_loss)
     return trl_prepare_dataset()(view, dataset, tokenizer, args, False, None, name)
+
+
+def unsloth_16bit_name(name: str) -> str | None:
+    """The 16-bit checkpoint Unsloth's own loader takes for a pre-quantized repo name when asked for 16 bits
+    (`load_in_4bit=False` in `loader_utils.__get_model_name`: its INT_TO_FLOAT_MAPPER, then MAP_TO_UNSLOTH_16bit);
+    None for a name its tables do not know. mapper.py holds only the tables and imports nothing."""
+    spec = importlib.util.find_spec("unsloth")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "mapper.py"
+    if not path.is_file():
+        return None
+    tables: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), tables)
+    lower = name.lower()
+    return tables["INT_TO_FLOAT_MAPPER"].get(lower) or tables["MAP_TO_UNSLOTH_16bit"].get(lower)
 
 
 def loaded_repo(model: Any) -> str | None:

@@ -118,3 +118,38 @@ def finished_run(quickstart: subprocess.CompletedProcess) -> Path:
     """The quickstart's run directory, for the commands that work on a finished run; tests that change it work on a
     copy."""
     return Path(quickstart.args[-1].removeprefix("hydra.run.dir="))
+
+
+def prequantized_copy(folder: Path) -> Path:
+    """The tiny model saved pre-quantized, like a hub `*-bnb-4bit` repo: 4-bit FP4 without double quantization, and
+    down_proj and lm_head left in 16 bits (settings of its own, which loading it keeps whatever is asked)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    own = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=False,
+                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["lm_head", "down_proj"])
+    model = AutoModelForCausalLM.from_pretrained(REPO / "assets" / "tiny-llama", quantization_config=own,
+                                                 dtype=torch.float32)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama").save_pretrained(folder)
+    return folder
+
+
+TEMPLATE_TOKENS = ["<|im_start|>", "<|im_end|>"]  # the tiny tokenizer's ChatML markers, ids 1 and 2
+
+
+def zeroed_copy(folder: Path) -> Path:
+    """The tiny model with its chat-template tokens' rows zeroed in embed_tokens and lm_head: a base checkpoint whose
+    template tokens were never trained (as Llama 3.1 base's <|eot_id|> and header tokens are)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(REPO / "assets" / "tiny-llama", dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama")
+    with torch.no_grad():
+        for token_id in tokenizer.convert_tokens_to_ids(TEMPLATE_TOKENS):
+            model.get_input_embeddings().weight[token_id] = 0
+            model.get_output_embeddings().weight[token_id] = 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -30,7 +30,7 @@ def test_trl_prepare_dataset_is_trls_own_and_reads_only_what_our_view_gives() ->
     assert prepare is trl_prepare_dataset()            # executed once
     # pipeline.data.prepare calls it on a view of a trainer that has only these three attributes
     assert self_attributes(prepare) == {"_tokenizer", "chat_template", "completion_only_loss"}
-    assert trl_sft_config().__module__.endswith("_pipeline_pristine_sft_config")
+    assert trl_sft_config().__module__.endswith("_pipeline_pristine_sft_config_copy")
     assert "max_seq_length" not in {f for f in trl_sft_config().__dataclass_fields__}  # TRL's, not Unsloth's
 
 
@@ -178,12 +178,11 @@ def test_only_a_single_job_without_a_logger_hides_wandb_and_16_bit_hf_hides_bits
     from conftest import compose
 
     from pipeline.config import to_runconfig
-    from pipeline.train.precision import resolve_precision
     from pipeline.train.trainer import unused_libraries
 
     def unused(*overrides: str, single_job: bool = True) -> list[str]:
         run = to_runconfig(compose("experiment=quickstart", *overrides))
-        return unused_libraries(run, resolve_precision(run.model.dtype, run.backend), single_job)
+        return unused_libraries(run, single_job)
 
     assert unused("logger=none", "backend=hf", "quantization=none") == ["wandb", "bitsandbytes"]
     assert unused("logger=none", "backend=hf", "quantization=none", single_job=False) == []  # a sweep's process

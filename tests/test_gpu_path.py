@@ -291,6 +291,34 @@ def test_modules_to_save_on_unsloth(modules: list[str], refused: bool) -> None:
     to_runconfig(compose(*overrides, "backend=hf"))  # PEFT trains any module in full
 
 
+def test_summary_records_the_quantization_loaded_not_the_one_asked(tmp_path: Path) -> None:
+    """A pre-quantized checkpoint's own settings win in transformers, and Unsloth's GPU loader then writes the config
+    it was given into model.config (unsloth/models/loader.py): the record reads the checkpoint and the layers."""
+    import torch
+    from conftest import compose, prequantized_copy
+
+    from pipeline.config import to_runconfig
+    from pipeline.model.backends import bnb_config, hf
+    from pipeline.model.loaded import describe_loaded, quantization_notes
+
+    folder = prequantized_copy(tmp_path / "tiny-llama-bnb-4bit")
+    run = to_runconfig(compose("experiment=quickstart", "backend=hf", f"model.name={folder}"))
+    model = hf.load(run, resolve_precision("auto", "hf", Accelerator("cpu", "cpu", None, False)))
+    asked = bnb_config(run.quantization, torch.float32)  # NF4 + double quant: not what the checkpoint holds
+    assert 'model.config.update({"quantization_config": quantization_config.to_dict()})' in gpu_source(
+        "models/loader.py")
+    model.config.update({"quantization_config": asked.to_dict()})  # what Unsloth's loader then does on a GPU
+    loaded = describe_loaded(model)
+    layers = loaded["quantization"]
+    assert (layers["bits"], layers["quant_type"], layers["double_quant"], layers["compute_dtype"]) == \
+        (4, "fp4", False, "float32")
+    assert layers["quantized_layers"] == 12  # 6 of the 7 projections x 2 layers: down_proj stayed 16-bit
+    assert layers["unquantized_linear"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+    assert loaded["checkpoint_quantization_config"]["bnb_4bit_quant_type"] == "fp4"
+    assert quantization_notes(run, loaded) == [f"the 4-bit layers loaded hold quant_type=fp4 (asked nf4), "
+                                               f"double_quant=False (asked True): {folder}'s own quantization applies"]
+
+
 def test_a_prequantized_name_refuses_other_quantization() -> None:
     from conftest import compose
 

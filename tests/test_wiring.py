@@ -173,8 +173,7 @@ def test_targets_follow_the_model_really_loaded() -> None:
     """Unsloth may load a llama-fied copy of a fused Phi-3 preset: the run resolves for the loaded layers, says so."""
     from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
-    from pipeline.config.context import RunContext
-    from pipeline.train.recipe import follow_loaded_model
+    from pipeline.model.targets import follow_loaded_model
 
     shape = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                  num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -182,10 +181,10 @@ def test_targets_follow_the_model_really_loaded() -> None:
     run = to_runconfig(compose("model=phi3_mini"))
     planned = targets.resolve(run.lora.target_modules, "phi3", "all_linear")
     assert planned.target_modules == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-    resolution, notes = follow_loaded_model(run, RunContext(Path("."), preset="all_linear"), planned, skeleton, loaded)
+    resolution, notes = follow_loaded_model(run.lora.target_modules, "all_linear", planned, skeleton, loaded)
     assert resolution.target_modules == EXPECTED["llama"]["all_linear"] and resolution.adapted_layers == 7
     assert notes == ["the loaded model's layers differ from the preset's numbers (phi3): targets resolved for the "
                      "model loaded (llama): ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', "
                      "'down_proj']"]
-    same, none = follow_loaded_model(run, RunContext(Path(".")), planned, skeleton, skeleton)
+    same, none = follow_loaded_model(run.lora.target_modules, "custom", planned, skeleton, skeleton)
     assert same is planned and none == []

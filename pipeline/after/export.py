@@ -26,7 +26,6 @@ from pipeline.outputs.rundir import write_atomically
 
 LOGIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 1.5e-2, "float16": 2e-3}  # of the largest logit, by saved dtype
 PROBE_POINTS = 64  # weights compared per adapted layer, base vs merged
-REPRODUCE_TOLERANCE = 0.01  # per-token loss, the run's own base and adapter against its record (seen here: 0.0)
 
 
 def export(run: FinishedRun, settings: Any) -> dict:
@@ -70,9 +69,9 @@ def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
                           "verified)", "train it again to export it verified, or use export.format=adapter")
     samples = record["samples"]
     reproduced = reproduce_training(run, samples)
-    model = run.config.model
-    base = AutoModelForCausalLM.from_pretrained(model.name, revision=model.revision, dtype=torch.float32,
-                                                trust_remote_code=model.trust_remote_code)
+    name, revision = run.base_16bit()  # never a 4-bit checkpoint: merged weights would carry its rounding
+    base = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32,
+                                                trust_remote_code=run.config.model.trust_remote_code)
     with_adapter = PeftModel.from_pretrained(base, run.adapter).eval()
     expected = logits(with_adapter, samples)
     with with_adapter.disable_adapter():
@@ -89,13 +88,14 @@ def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
     got = logits(written, samples)
     losses = reference.token_losses(written, samples)
     figures = {
-        "dtype": dtype_name,
+        "merged_into": name, "dtype": dtype_name,
         "logits_max_abs_diff": float((got - expected).abs().max()),
         "logits_tolerance": LOGIT_TOLERANCE[dtype_name] * max(float(expected.abs().max()), 1e-6),
         "adapted_layers": len(probes), "layers_changed_by_merge": changed,
         "samples": len(samples), "tokens": len(losses),
-        "reproduced_gap": reference.mean_gap(reproduced, record["trained"]),
-        "reproduced_tolerance": REPRODUCE_TOLERANCE,
+        "reproduced_gap": reference.mean_gap(reproduced.losses, record["trained"]),
+        "reproduced_tolerance": reference.reproduction_tolerance(record, reproduced),
+        "logits_dtypes_recorded_reproduced": [record.get("logits_dtype", "float32"), reproduced.logits_dtype],
         "loss": reference.mean(losses), "recorded_loss": reference.mean(record["trained"]),
         "recorded_base_loss": reference.mean(record["base"]),
         "token_loss_gap": reference.mean_gap(losses, record["trained"]),
@@ -118,7 +118,7 @@ def check(figures: dict) -> None:
     if figures["reproduced_gap"] > figures["reproduced_tolerance"]:
         raise ConfigError("run", f"the base with this adapter, loaded as the run trained it, does not give the losses "
                           f"the run recorded when it ended (off by {figures['reproduced_gap']:.3f} per token on "
-                          f"{figures['tokens']} held-out tokens; tolerance {figures['reproduced_tolerance']})",
+                          f"{figures['tokens']} held-out tokens; tolerance {figures['reproduced_tolerance']:.3f})",
                           "the adapter files were changed after training, or model.name is not the base it was "
                           "trained on: restore the adapter or retrain")
     if figures["token_loss_gap"] > figures["token_loss_tolerance"]:
@@ -130,9 +130,10 @@ def check(figures: dict) -> None:
                           "trained on: restore the adapter or retrain")
 
 
-def reproduce_training(run: FinishedRun, samples: list[dict]) -> list[float]:
+def reproduce_training(run: FinishedRun, samples: list[dict]) -> reference.Scored:
     """Per-token losses of the base as the run loaded it (its quantization and precision, the repo it really came
-    from) with the adapter from the files: equal to what the run recorded unless the adapter or base changed."""
+    from) with the adapter from the files: what the run recorded, to the rounding of the two sides' logits, unless
+    the adapter or base changed."""
     import dataclasses
 
     from peft import PeftModel
@@ -144,9 +145,9 @@ def reproduce_training(run: FinishedRun, samples: list[dict]) -> list[float]:
     repo = (run.summary.get("loaded") or {}).get("repo") or config.model.name
     as_loaded = dataclasses.replace(config, model=dataclasses.replace(config.model, name=repo))
     base = hf.load(as_loaded, resolve_precision(config.model.dtype, "hf"))
-    losses = reference.token_losses(PeftModel.from_pretrained(base, run.adapter).eval(), samples)
+    scored = reference.score(PeftModel.from_pretrained(base, run.adapter).eval(), samples)
     del base
-    return losses
+    return scored
 
 
 def logits(model: Any, samples: list[dict]) -> Any:
@@ -157,7 +158,8 @@ def logits(model: Any, samples: list[dict]) -> Any:
 
 
 def weight_probes(peft_model: Any) -> dict[str, tuple[Any, Any]]:
-    """For each adapted layer (by its name after merging): fixed positions of its base weight and their values."""
+    """For each adapted layer (by its name after merging): fixed positions of its base weight and their values. A
+    layer that trains token rows (PEFT's trainable tokens) changes those rows alone: its positions lie in them."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -166,9 +168,16 @@ def weight_probes(peft_model: Any) -> dict[str, tuple[Any, Any]]:
         base_layer = getattr(module, "base_layer", None)
         if base_layer is None or not hasattr(base_layer, "weight"):
             continue
-        flat = base_layer.weight.detach().flatten()
-        index = torch.randint(0, flat.numel(), (PROBE_POINTS,), generator=generator)
-        probes[name] = (index, flat[index].clone())
+        weight = base_layer.weight.detach()
+        rows = getattr(module, "token_indices", {}).get("default")
+        if rows:
+            name = name.removesuffix(".token_adapter")  # the wrapped embedding's own name once merged
+            width = weight.shape[1]
+            positions = (torch.tensor(rows)[:, None] * width + torch.arange(width)).flatten()
+            index = positions[torch.randint(0, len(positions), (PROBE_POINTS,), generator=generator)]
+        else:
+            index = torch.randint(0, weight.numel(), (PROBE_POINTS,), generator=generator)
+        probes[name] = (index, weight.flatten()[index].clone())
     return probes
 
 

@@ -15,13 +15,36 @@ class FinishedRun:
     path: Path
     config: Any          # TrainConfig, as config.resolved.yaml recorded it
     summary: dict
+    unquantized_base: str | None = None  # the after commands' `unquantized_base=`
 
     @property
     def adapter(self) -> Path:
         return self.path / "adapter"
 
+    def base_16bit(self) -> tuple[str, str | None]:
+        """(name, revision) of the unquantized base to merge into or answer with: model.name, or for a pre-quantized
+        model.name (`*-bnb-4bit`, or a checkpoint whose config declares a quantization) its 16-bit original:
+        `unquantized_base=`, else the one Unsloth's name tables give; one line naming the key when neither knows."""
+        from pipeline.compat import unsloth_16bit_name
+        from pipeline.model.loaded import checkpoint_quantization
 
-def open_finished_run(run: str | None) -> FinishedRun:
+        model = self.config.model
+        quantized = model.name.lower().endswith("bnb-4bit") or checkpoint_quantization(model.name) is not None
+        if not quantized:
+            if self.unquantized_base:
+                raise ConfigError("unquantized_base", f"model.name {model.name} is not pre-quantized: its own "
+                                  "weights are the 16-bit base", "leave unquantized_base out")
+            return model.name, model.revision
+        found = self.unquantized_base or unsloth_16bit_name(model.name)
+        if found is None:
+            raise ConfigError("unquantized_base", f"model.name {model.name} is a pre-quantized 4-bit checkpoint "
+                              "(merging into it, or answering with it as '16-bit', would use its 4-bit weights) and "
+                              "Unsloth's name tables do not know its 16-bit original",
+                              "give it: unquantized_base=<hub id or folder of the 16-bit model>")
+        return found, None
+
+
+def open_finished_run(run: str | None, unquantized_base: str | None = None) -> FinishedRun:
     """The completed run in `run`; one line naming `run` when it is not one."""
     if not run:
         raise ConfigError("run", "no run directory given", "give run=<run dir>, e.g. run=outputs/<date>/<time>_<name>")
@@ -34,7 +57,7 @@ def open_finished_run(run: str | None) -> FinishedRun:
     if summary.get("status") != "completed" or not (path / "adapter" / "adapter_config.json").is_file():
         raise ConfigError("run", f"{run} holds no completed run (status: {summary.get('status')}) and no final "
                           "adapter", "finish it first (resume=auto), or give a completed run")
-    return FinishedRun(path, _train_config(config_file), summary)
+    return FinishedRun(path, _train_config(config_file), summary, unquantized_base)
 
 
 def _train_config(config_file: Path) -> Any:

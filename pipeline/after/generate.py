@@ -42,7 +42,8 @@ def load_base(run: FinishedRun, base: str, precision: Any) -> Any:
     config = run.config
     if base == "16bit":
         dtype = torch.float32 if precision.device == "cpu" else precision.dtype
-        return AutoModelForCausalLM.from_pretrained(config.model.name, revision=config.model.revision, dtype=dtype,
+        name, revision = run.base_16bit()
+        return AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype,
                                                     trust_remote_code=config.model.trust_remote_code,
                                                     device_map=device_map(precision))
     repo = (run.summary.get("loaded") or {}).get("repo") or config.model.name

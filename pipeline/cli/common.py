@@ -83,7 +83,7 @@ def run_after_command(cfg: DictConfig, work: Callable[[Any, Any], T]) -> T:
 
     try:
         after = to_afterconfig(cfg)
-        run = open_finished_run(after.run)
+        run = open_finished_run(after.run, after.unquantized_base)
         route_library_logs()
         quiet_progress_bars()
         return work(after, run)

@@ -19,10 +19,9 @@ def train(run: Any, context: RunContext) -> float | None:
     tracking.check_credentials(run)  # before anything loads
     if not context.multirun:  # this process runs one job: libraries it will not use stay unimported
         from pipeline.compat import hide_from_imports
-        from pipeline.train.precision import resolve_precision
         from pipeline.train.trainer import unused_libraries
 
-        hide_from_imports(unused_libraries(run, resolve_precision(run.model.dtype, run.backend), single_job=True))
+        hide_from_imports(unused_libraries(run, single_job=True))
     from pipeline.train.recipe import run_recipe
 
     summary = run_recipe(run, context).summary

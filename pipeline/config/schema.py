@@ -72,6 +72,7 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: list(ROLES), metadata={"check": (
         lambda v: len(v) > 0, "must name at least one module or role", "[q,k,v,o]")})
     modules_to_save: Optional[list[str]] = None
+    untrained_tokens: str = one_of("train", "train", "refuse")
 
 
 @dataclass
@@ -185,6 +186,7 @@ class AfterConfig:
     run: Optional[str] = None
     prompt: Optional[str] = None
     prompts_file: Optional[str] = None
+    unquantized_base: Optional[str] = None
     export: ExportConfig = field(default_factory=ExportConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

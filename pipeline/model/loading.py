@@ -52,10 +52,18 @@ def load_model(backend: Any, run: Any, precision: Any) -> Any:
 
 
 def loaded_from_notes(run: Any, loaded: dict) -> list[str]:
-    """A line when the weights came from another repo than model.name (Unsloth's pre-quantized copies)."""
-    repo = loaded.get("repo")
-    if not repo or repo == run.model.name or Path(repo).resolve() == Path(run.model.name).resolve():
-        return []
-    return [f"model.name={run.model.name} was loaded from {repo} (Unsloth's pre-quantized copy: its own "
-            "quantization applies, some layers may stay 16-bit); set model.revision or quantization.* to load "
-            "the repo itself"]
+    """A line when the weights came from another repo than model.name (Unsloth's pre-quantized copies), and when
+    model.name is itself pre-quantized with no known 16-bit original (the after commands will ask for it)."""
+    from pipeline.compat import unsloth_16bit_name
+
+    notes, repo, name = [], loaded.get("repo"), run.model.name
+    same = not repo or repo == name or Path(repo).resolve() == Path(name).resolve()
+    if not same:
+        notes.append(f"model.name={name} was loaded from {repo} (Unsloth's pre-quantized copy: its own quantization "
+                     "applies, some layers may stay 16-bit); set model.revision or quantization.* to load the repo "
+                     "itself")
+    prequantized = name.lower().endswith("bnb-4bit") or (same and loaded.get("checkpoint_quantization_config"))
+    if prequantized and unsloth_16bit_name(name) is None:
+        notes.append(f"model.name={name} is pre-quantized and Unsloth's name tables do not know its 16-bit "
+                     "original: export and generate.base=16bit will ask for it (unquantized_base=<16-bit model>)")
+    return notes

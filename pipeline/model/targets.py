@@ -56,11 +56,12 @@ class Resolution:
     notes: list[str] = field(default_factory=list)
     adapted_layers: int = 0
     trainable_params: int = 0
+    trainable_token_indices: dict[str, list[int]] = field(default_factory=dict)  # untrained rows to train, by module
 
     def as_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "requested": self.requested, "target_modules": self.target_modules,
                 "target_parameters": self.target_parameters, "notes": self.notes, "adapted_layers": self.adapted_layers,
-                "trainable_params": self.trainable_params}
+                "trainable_params": self.trainable_params, "trainable_token_indices": self.trainable_token_indices}
 
 
 def resolve(requested: Iterable[str], model_type: str, preset: str = "custom") -> Resolution:
@@ -175,3 +176,19 @@ def check_rank_fits(resolution: Resolution, model: Any, r: int) -> None:
     if widths and r > min(widths):
         raise ConfigError("lora.r", f"{r} is larger than the narrowest adapted layer ({min(widths)} wide)",
                           f"use lora.r <= {min(widths)}")
+
+
+def follow_loaded_model(requested: Iterable[str], preset: str, resolution: Resolution, skeleton: Any,
+                        model: Any) -> tuple[Resolution, list[str]]:
+    """The targets as resolved on the skeleton, if the loaded model has them; else resolved again for the model
+    really loaded (a backend may swap in a checkpoint with another layout), with a note saying so."""
+    try:
+        return validate_against_model(resolution, model), []
+    except ConfigError:
+        loaded_type = model.config.model_type
+        if family_of(loaded_type) is None:
+            raise
+        again = validate_against_model(resolve(requested, loaded_type, preset), model)
+    note = (f"the loaded model's layers differ from the preset's numbers ({skeleton.config.model_type}): targets "
+            f"resolved for the model loaded ({loaded_type}): {again.target_modules + again.target_parameters}")
+    return again, [note]

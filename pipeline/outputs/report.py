@@ -66,18 +66,18 @@ def loss_values(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
 
-def training_facts(state: Any, rows: list[dict], runtime: float, device: str) -> dict:
-    """Losses, steps, speed and memory of the run so far (`state`: the trainer's state, None before training)."""
+def training_facts(state: Any, rows: list[dict], runtime: float, device: str, tokens: Any = None) -> dict:
+    """Losses, steps, speed and memory of the run so far (`state`: the trainer's state, None before training;
+    `tokens`: the run's TokenCounter, None before training). tokens_per_second counts the whole run (loading the
+    model included), train_tokens_per_second the trainer's own train_runtime."""
     losses = loss_values(rows, "loss")
-    seen = state.num_input_tokens_seen if state is not None else 0
-    tokens = [r["num_tokens"] for r in rows if "num_tokens" in r]  # TRL logs a running count
-    tokens_seen = seen or (tokens[-1] if tokens else 0)
+    train_runtime = next((r["train_runtime"] for r in reversed(rows) if "train_runtime" in r), None)
     return {
         "initial_loss": losses[0][1] if losses else None,
         "final_loss": losses[-1][1] if losses else None,
         "global_step": state.global_step if state is not None else 0,
         "runtime_s": round(runtime, 2),
-        "tokens_per_second": round(tokens_seen / runtime, 1) if tokens_seen and runtime > 0 else None,
+        **(tokens.facts(runtime, train_runtime) if tokens is not None else {"tokens_per_second": None}),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         **gpu_peaks_mb(device),
         "versions": versions(),

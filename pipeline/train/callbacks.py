@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics.jsonl (each step once, across resumes) and a graceful stop on SIGINT / SIGTERM."""
+"""Trainer callbacks: metrics.jsonl (each step once, across resumes), the tokens trained, a graceful stop on SIGINT /
+SIGTERM, and a guard against non-finite losses."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import math
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,85 @@ def read_rows(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+class TokenCounter(TrainerCallback):
+    """Tokens seen (input tokens that are not padding) and trained (labels that carry loss) by the training forward
+    passes, counted from each batch as the model receives it, on every backend.
+
+    TRL counts tokens inside its compute_loss, which Unsloth's GPU trainer replaces, and transformers counts them only
+    with include_num_input_tokens_seen, which Unsloth's config turns off. Counts stay on the device until they are
+    logged (no extra synchronisation per step); each logged training row gets the running totals, and after a
+    resume they continue from the row of the checkpoint's step. Put it before MetricsFile: it adds to the row."""
+
+    KEYS = ("tokens_seen", "tokens_trained")
+
+    def __init__(self, rows: list[dict] | None = None) -> None:
+        last = next((r for r in reversed(rows or []) if "tokens_seen" in r), {})
+        self.start = (int(last.get("tokens_seen", 0)), int(last.get("tokens_trained", 0)))
+        self.session = [0, 0]   # this process's counts, read back from the device
+        self._pending: list[Any] = []
+        self._hook: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is not None and self._hook is None:
+            self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
+        import torch
+
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not module.training or ids is None:  # evaluation and the run's own reference passes do not count
+            return
+        mask = kwargs.get("attention_mask")
+        seen = mask.sum() if mask is not None and mask.dim() == 2 else torch.tensor(ids.numel(), device=ids.device)
+        labels = kwargs.get("shift_labels")
+        if labels is None and kwargs.get("labels") is not None:
+            labels = kwargs["labels"][..., 1:]  # the first position predicts nothing (as transformers counts)
+        trained = (labels != -100).sum() if labels is not None else torch.zeros((), device=ids.device)
+        self._pending.append(torch.stack([seen.to(trained.dtype), trained]))
+
+    def totals(self) -> tuple[int, int]:
+        """Running totals (the resumed part included)."""
+        if self._pending:
+            import torch
+
+            added = torch.stack(self._pending).sum(0).tolist()
+            self._pending = []
+            self.session = [self.session[0] + int(added[0]), self.session[1] + int(added[1])]
+        return self.start[0] + self.session[0], self.start[1] + self.session[1]
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if logs is not None and ("loss" in logs or "train_runtime" in logs):
+            logs.update(zip(self.KEYS, self.totals(), strict=True))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.totals()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.session = all_ranks_sum(self.session)
+
+    def facts(self, runtime: float, train_runtime: float | None) -> dict:
+        """For summary.json: totals, and this process's tokens per second of its whole run and of training alone
+        (all processes of a launch together)."""
+        seen, trained = self.totals()
+        return {"tokens_seen": seen, "tokens_trained": trained,
+                "tokens_per_second": round(self.session[0] / runtime, 1) if self.session[0] and runtime else None,
+                "train_tokens_per_second": round(self.session[0] / train_runtime, 1)
+                if self.session[0] and train_runtime else None}
+
+
+def all_ranks_sum(values: list[int]) -> list[int]:
+    """`values` summed over the processes of a launch (itself when there is one)."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    tensor = torch.tensor(values, device=f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu")
+    torch.distributed.all_reduce(tensor)
+    return [int(v) for v in tensor.tolist()]
 
 
 class GracefulStop(TrainerCallback):
@@ -114,3 +195,21 @@ class NumericalGuard(TrainerCallback):
             control.should_training_stop = True
             control.should_save = False  # no checkpoint of a broken model
             control.should_evaluate = False
+
+
+@dataclass
+class RunCallbacks:
+    """The callbacks of one training run."""
+    metrics: MetricsFile
+    tokens: TokenCounter
+    graceful: GracefulStop
+    guard: NumericalGuard
+
+    @classmethod
+    def open(cls, path: Path, resume_step: int | None, write: bool) -> RunCallbacks:
+        metrics = MetricsFile(path, resume_step, write=write)
+        return cls(metrics, TokenCounter(metrics.rows), GracefulStop(), NumericalGuard())
+
+    @property
+    def all(self) -> list[TrainerCallback]:
+        return [self.tokens, self.metrics, self.graceful, self.guard]  # tokens first: it adds to the rows written

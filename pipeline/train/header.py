@@ -7,7 +7,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pipeline.data import formats, prepare
-from pipeline.model.backends import asked_quantization, loaded_quantization
+from pipeline.model.backends import asked_quantization
+from pipeline.model.loaded import loaded_quantization
 from pipeline.outputs import report
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "target modules": f"{resolution.target_modules + resolution.target_parameters} "
                           f"({resolution.adapted_layers} layers, preset {context.preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
+        **untrained_line(built.untrained),
         "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
                 f"({formats.describe(data.source_format, run.data.loss_on, data.datasets.tools)}"
                 f"{', from cache' if data.prepared.from_cache else ''})",
@@ -56,4 +58,15 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "train_samples": len(data.datasets.train), "eval_samples": len(evaluation) if evaluation else 0,
         "data_format": data.source_format, "data_tools": list(data.datasets.tools),
         "data_stats": data.prepared.stats_dict(), "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
+        "untrained_tokens": built.untrained.as_dict() if built.untrained else None,
     }
+
+
+def untrained_line(found: Any) -> dict[str, str]:
+    """The header line for embedding rows the checkpoint never trained that the data uses (none: no line)."""
+    if found is None or not found.ids:
+        return {}
+    shown = ", ".join(found.tokens[:8]) + (f" and {len(found.tokens) - 8} more" if len(found.tokens) > 8 else "")
+    where = ", ".join(sorted(found.indices)) or "lora.modules_to_save (in full)"
+    return {"untrained tokens": f"{shown}: rows all zero in the checkpoint, trained in {where} from the mean of "
+                                "the trained rows"}

@@ -21,12 +21,9 @@ from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
 from pipeline.data import formats, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
-from pipeline.model import targets
-from pipeline.model.backends import (
-    check_options,
-    describe_loaded,
-    get_backend,
-)
+from pipeline.model import targets, untrained
+from pipeline.model.backends import check_options, get_backend
+from pipeline.model.loaded import describe_loaded, quantization_notes
 from pipeline.model.loading import (
     check_local_model,
     load_model,
@@ -35,6 +32,7 @@ from pipeline.model.loading import (
     model_load_errors,
 )
 from pipeline.model.skeleton import build_meta_model
+from pipeline.model.untrained import UntrainedTokens
 from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
 from pipeline.train import resume as resume_lib
@@ -70,6 +68,7 @@ class Model:
     loaded: dict             # the repo and quantization the weights really came from
     notes: list[str] = field(default_factory=list)
     plan_vram_gib: float | None = None  # what `plan` prices this run at on a GPU, beside the peak it really used
+    untrained: UntrainedTokens | None = None  # embedding rows the checkpoint never trained that the data uses
 
 
 @dataclass
@@ -86,37 +85,35 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
     if point is not None and previous.get("status") == "completed":
         return nothing_left_to_train(run_dir)
     started, summary, trainer, wandb_run = time.time(), running_summary(run, run_dir), None, None
-    metrics = precision = None
+    callbacks = precision = None
     try:
         check_local_model(run.model.name)
         raw = read_data(run)  # mistakes in the data cost no model import
-        precision = resolve_precision(run.model.dtype, run.backend)  # torch only: before any weight loads
+        backend = get_backend(run.backend)  # before torch and transformers: the Unsloth backend patches them
+        stop.raise_if_requested()  # a Ctrl-C that the import swallowed
+        precision = resolve_precision(run.model.dtype, run.backend)  # before any weight loads
         report.reset_peaks(precision.device)
         check_options(run, precision.device)
         check_launch(run, context, precision.device)
-        backend = get_backend(run.backend)  # before transformers: the Unsloth backend patches it
-        stop.raise_if_requested()  # a Ctrl-C that the import swallowed
         data = setup_data(run, raw, write_cache=context.main_process)
         stop.raise_if_requested()
-        built = setup_model(run, context, backend, precision)
+        built = setup_model(run, context, backend, precision, data)
         stop.raise_if_requested()
         summary.update(describe_setup(run, context, precision, data, built, run_dir))
-        from pipeline.train.callbacks import GracefulStop, MetricsFile, NumericalGuard
+        from pipeline.train.callbacks import RunCallbacks
 
-        metrics = MetricsFile(run_dir.path / "metrics.jsonl", point.step if point else None, write=run_dir.writes)
-        graceful, guard = GracefulStop(), NumericalGuard()
+        callbacks = RunCallbacks.open(run_dir.path / "metrics.jsonl", point.step if point else None, run_dir.writes)
         wandb_run = tracking.start(run, to_plain_dict(run), run_dir.path, context,
                                    run_id=previous.get("wandb_run_id") if point else None)  # the same W&B run
         summary["wandb_run_id"] = getattr(wandb_run, "id", None)
         run_dir.write_summary(summary)
-        trainer = setup_trainer(run, context, precision, data, built, run_dir, [metrics, graceful, guard], wandb_run,
-                                summary)
+        trainer = setup_trainer(run, context, precision, data, built, run_dir, callbacks.all, wandb_run, summary)
         train(trainer, point, summary)
-        check_finite(run, trainer, guard)
-        if graceful.exit_code is not None:
+        check_finite(run, trainer, callbacks.guard)
+        if callbacks.graceful.exit_code is not None:
             summary["status"] = "interrupted"
-            raise RunInterrupted(graceful.exit_code, run_dir.path)
-        evaluate_at_end(trainer, data, metrics, summary)
+            raise RunInterrupted(callbacks.graceful.exit_code, run_dir.path)
+        evaluate_at_end(trainer, data, callbacks.metrics, summary)
         save(run_dir, trainer, data)
         evaluate_before_after(run, run_dir, summary, wandb_run)
         summary.update(status="completed", next=report.next_commands(run_dir.path))
@@ -142,7 +139,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         raise
     finally:
         if run_dir.summary_file.exists() or summary["status"] != "running":
-            report_run(run, context, run_dir, summary, trainer, metrics, started, precision, wandb_run)
+            report_run(run, context, run_dir, summary, trainer, callbacks, started, precision, wandb_run)
     return RecipeResult(summary, trainer.model, data.tokenizer)
 
 
@@ -222,8 +219,9 @@ def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> 
     return Data(tokenizer, datasets, prepared, built.format)
 
 
-def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: Precision) -> Model:
-    """Targets checked on a weightless skeleton, then the weights loaded, checked again, and LoRA applied."""
+def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: Precision, data: Data) -> Model:
+    """Targets checked on a weightless skeleton, then the weights loaded, checked again, their untrained rows that
+    the data uses found, and LoRA applied (with those rows)."""
     from transformers import set_seed
 
     with model_load_errors(run.model.name):
@@ -237,34 +235,23 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     set_seed(run.seed)
     model = load_model(backend, run, precision)
     loaded = describe_loaded(model)
-    resolution, relayout = follow_loaded_model(run, context, resolution, skeleton, model)
+    resolution, relayout = targets.follow_loaded_model(run.lora.target_modules, context.preset, resolution,
+                                                       skeleton, model)
+    found = untrained.find_and_check(model, run, data.tokenizer, [data.datasets.train, data.datasets.eval])
+    resolution.trainable_token_indices = found.indices if found else {}
     model = backend.apply_lora(model, run, resolution)
+    untrained.start_from_mean(model, found)
     resolution.trainable_params = model.get_nb_trainable_parameters()[0]  # PEFT's own count
     from pipeline.train.trainer import machine_notes
 
     notes = [*context.notes, *precision.notes, *machine_notes(run, precision), *resolution.notes,
-             *loaded_from_notes(run, loaded), *relayout]
+             *loaded_from_notes(run, loaded), *quantization_notes(run, loaded), *relayout,
+             *(found.notes() if found else [])]
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
-    return Model(model, resolution, loaded, notes, round(planned.vram_gib, 3))
-
-
-def follow_loaded_model(run: TrainConfig, context: RunContext, resolution: targets.Resolution, skeleton: Any,
-                        model: Any) -> tuple[targets.Resolution, list[str]]:
-    """The targets as resolved on the skeleton, if the loaded model has them; else resolved again for the model
-    really loaded (a backend may swap in a checkpoint with another layout), with a note saying so."""
-    try:
-        return targets.validate_against_model(resolution, model), []
-    except ConfigError:
-        loaded_type = model.config.model_type
-        if targets.family_of(loaded_type) is None:
-            raise
-        again = targets.validate_against_model(
-            targets.resolve(run.lora.target_modules, loaded_type, context.preset), model)
-    note = (f"the loaded model's layers differ from the preset's numbers ({skeleton.config.model_type}): targets "
-            f"resolved for the model loaded ({loaded_type}): {again.target_modules + again.target_parameters}")
-    return again, [note]
+        notes += backend.allocator_notes(precision)
+    return Model(model, resolution, loaded, notes, round(planned.vram_gib, 3), found)
 
 
 def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, data: Data, built: Model,
@@ -275,13 +262,15 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
     asked = trainer_lib.sft_config_kwargs(run, precision, run_dir.checkpoints, data.datasets,
                                           ["wandb"] if wandb_run is not None else ["none"],
                                           tracking.run_name(run, context), context.world_size)
+    head, notes = trainer_lib.head_settings(built.model)
+    asked.update(head)
     reference = trainer_lib.reference_settings(asked)
     trainer = trainer_lib.build_trainer(built.model, data.tokenizer, data.datasets,
                                         trainer_lib.build_sft_config(asked), callbacks, precision, run.backend)
     summary.update(autocast=trainer_lib.autocast_in_effect(trainer),
                    adapter_dtype=trainer_lib.trainable_dtypes(trainer.model),
                    trainer_settings=trainer_lib.settings_in_effect(trainer))
-    for note in trainer_lib.changed_by_backend(reference, trainer):
+    for note in [*notes, *trainer_lib.changed_by_backend(reference, trainer)]:
         summary["notes"].append(note)
         log.info("note: %s", note)
     summary["packing"] = trainer_lib.packing_facts(trainer, len(data.datasets.train))
@@ -380,14 +369,15 @@ def evaluate_before_after(run: TrainConfig, run_dir: RunDirectory, summary: dict
 
 
 def report_run(run: TrainConfig, context: RunContext, run_dir: RunDirectory, summary: dict, trainer: Any,
-               metrics: Any, started: float, precision: Precision | None, wandb_run: Any) -> None:
+               callbacks: Any, started: float, precision: Precision | None, wandb_run: Any) -> None:
     """summary.json, loss.svg, W&B's summary: written whatever happened, so a failed sweep job explains itself."""
-    rows = metrics.rows if metrics is not None else []
+    rows = callbacks.metrics.rows if callbacks is not None else []
     report.close_progress_bars(trainer)
     if not run_dir.writes:
         return
     summary.update(report.training_facts(trainer.state if trainer is not None else None, rows,
-                                         time.time() - started, precision.device if precision else "cpu"))
+                                         time.time() - started, precision.device if precision else "cpu",
+                                         callbacks.tokens if callbacks is not None else None))
     if summary["status"] != "running":
         summary.pop("pid", None)
     run_dir.write_summary(summary)

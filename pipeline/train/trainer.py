@@ -21,18 +21,21 @@ def choose_optimizer(name: str, precision: Precision) -> str:
     return name
 
 
-def unused_libraries(run: Any, precision: Precision, single_job: bool) -> list[str]:
+def unused_libraries(run: Any, single_job: bool) -> list[str]:
     """Installed libraries this run will not touch, which transformers, TRL and PEFT would import anyway (see
     `compat.hide_from_imports`): W&B without a logger, bitsandbytes for a 16-bit base on the hf backend with a torch
-    optimizer. None in a process that runs several jobs (a sweep): a later job may need them."""
+    optimizer. None in a process that runs several jobs (a sweep): a later job may need them. Asks torch for the
+    device only on the hf backend: on Unsloth's, `import unsloth` must come before torch (see `get_backend`)."""
     if not single_job:
         return []
     unused = []
     if run.logger.kind == "none" or run.logger.mode == "disabled":
         unused.append("wandb")
-    if run.backend == "hf" and run.quantization.bits == 16 and \
-            choose_optimizer(run.trainer.optim, precision) not in CUDA_ONLY_OPTIMIZERS:
-        unused.append("bitsandbytes")
+    if run.backend == "hf" and run.quantization.bits == 16:
+        from pipeline.train.precision import resolve_precision
+
+        if choose_optimizer(run.trainer.optim, resolve_precision(run.model.dtype, "hf")) not in CUDA_ONLY_OPTIMIZERS:
+            unused.append("bitsandbytes")
     return unused
 
 
@@ -53,9 +56,28 @@ def eval_strategy(trainer: Any, has_eval: bool) -> str:
     return "steps" if trainer.eval_steps else "epoch"
 
 
-def build_sft_config(kwargs: dict[str, Any]) -> Any:
-    from trl import SFTConfig  # Unsloth's replacement on a GPU, which may change what it is given
+def head_settings(model: Any) -> tuple[dict[str, Any], list[str]]:
+    """SFTConfig settings the output layer asks for, with a note each. TRL's default chunked loss reads
+    `lm_head.bias`, which PEFT's wrapper for trainable token rows (pipeline.model.untrained) does not expose: such a
+    run computes the plain loss over the full logits (Unsloth's GPU trainer does so anyway)."""
+    if type(model.get_output_embeddings()).__name__ != "TrainableTokensWrapper":
+        return {}, []
+    return {"loss_type": "nll"}, ["lm_head trains token rows (PEFT's trainable tokens), which TRL's chunked loss "
+                                  "cannot read: loss_type=nll (full logits, more memory on a large vocabulary)"]
 
+
+def build_sft_config(kwargs: dict[str, Any]) -> Any:
+    """`trl.SFTConfig`: TRL's own, or on a GPU the UnslothSFTConfig that `import unsloth` put in its place.
+
+    Unsloth's config has a `max_seq_length` field of its own (None by default), and its trainer then sets
+    `max_length` from it, or from the model's max_seq_length when `max_length` is 1024 (TRL's default, so it reads
+    as "not given"): given the same value, the trainer keeps ours."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    if "max_seq_length" in {f.name for f in dataclasses.fields(SFTConfig)}:
+        kwargs = {**kwargs, "max_seq_length": kwargs["max_length"]}
     return SFTConfig(**kwargs)
 
 
@@ -95,6 +117,9 @@ def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, dat
         report_to=report_to,
         max_length=run.data.max_length or run.model.max_seq_length,
         packing=run.data.packing,
+        # our rows are tokenized and length-checked already: Unsloth's GPU config leaves this unset, and its trainer
+        # would then scan every row in Python and switch padding-free off anyway (unsloth/trainer.py, rl.py)
+        padding_free=False,
         assistant_only_loss=datasets.assistant_only_loss,
         completion_only_loss=datasets.completion_only_loss,
         dataset_num_proc=None,
@@ -107,10 +132,15 @@ def sft_config_kwargs(run: Any, precision: Precision, checkpoints_dir: Path, dat
 
 def build_trainer(model: Any, tokenizer: Any, datasets: Datasets, sft_config: Any, callbacks: list,
                   precision: Precision, backend: str) -> Any:
+    import inspect
+
     from trl import SFTTrainer
 
+    # Unsloth's generated GPU trainer adds a `tokenizer=None` parameter and runs its checks on the model and data
+    # (fix_untrained_tokens) with that, not with processing_class: given only the latter, they read None
+    legacy = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(SFTTrainer.__init__).parameters else {}
     trainer = SFTTrainer(model=model, processing_class=tokenizer, args=sft_config, train_dataset=datasets.train,
-                         eval_dataset=datasets.eval, callbacks=callbacks)
+                         eval_dataset=datasets.eval, callbacks=callbacks, **legacy)
     dtype = adapter_dtype(backend, precision)
     if dtype is not None:
         undo_trl_adapter_cast(trainer.model, dtype)

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def get_backend(name: str) -> ModuleType:
-    from pipeline.outputs.logs import prints_to_log, route_library_logs
+    from pipeline.outputs.logs import prints_to_log, quiet_progress_bars, route_library_logs
 
     with prints_to_log(name):  # Unsloth prints a banner on import: it goes to the log file
         if name == "unsloth":
@@ -19,6 +19,7 @@ def get_backend(name: str) -> ModuleType:
         else:
             from pipeline.model.backends import hf as backend
     route_library_logs()
+    quiet_progress_bars()  # transformers' weight-loading bar: a refusal after loading stays one line
     return backend
 
 
@@ -36,16 +37,6 @@ def bnb_config(quant: Any, compute_dtype: Any, storage: dict | None = None) -> A
     return None
 
 
-def loaded_quantization(model: Any) -> str:
-    """What the weights really are after loading (a backend may fall back, e.g. int8 on CPU)."""
-    kinds = {type(m).__name__ for m in model.modules()}
-    if "Linear4bit" in kinds:
-        return "4-bit"
-    if "Linear8bitLt" in kinds:
-        return "8-bit"
-    return "none"
-
-
 def lora_kwargs(lora: Any, resolution: Any) -> dict:
     """The LoRA settings both PEFT and Unsloth take under the same names (plain lists: Unsloth type-checks)."""
     init = {"true": True, "false": False}.get(lora.init_weights, lora.init_weights)
@@ -54,6 +45,8 @@ def lora_kwargs(lora: Any, resolution: Any) -> dict:
                   modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None)
     if resolution.target_parameters:  # MoE experts fused into 3-D weights
         kwargs["target_parameters"] = list(resolution.target_parameters)
+    if resolution.trainable_token_indices:  # rows the checkpoint never trained (pipeline.model.untrained)
+        kwargs["trainable_token_indices"] = {k: list(v) for k, v in resolution.trainable_token_indices.items()}
     return kwargs
 
 
@@ -91,20 +84,6 @@ def changed_4bit_settings(quant: Any) -> list[str]:
     default = QuantizationConfig()
     return [f"quantization.{key}={getattr(quant, key)}" for key in ("quant_type", "double_quant", "compute_dtype")
             if getattr(quant, key) != getattr(default, key)]
-
-
-def describe_loaded(model: Any) -> dict[str, Any]:
-    """The repo the weights came from and their quantization settings as loaded (a backend may swap either)."""
-    config = getattr(model, "config", None)
-    quant = getattr(config, "quantization_config", None)
-    if quant is not None and not isinstance(quant, dict):
-        quant = quant.to_dict()
-    keys = ("quant_method", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
-            "bnb_4bit_compute_dtype", "llm_int8_skip_modules")
-    from pipeline.compat import loaded_repo
-
-    return {"repo": loaded_repo(model),
-            "quantization_config": {k: quant.get(k) for k in keys if k in quant} if quant else None}
 
 
 def asked_quantization(run: Any) -> str:

@@ -6,12 +6,17 @@ names to its pre-quantized repos unless told to load the name as given (see `fro
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import unsloth  # noqa: F401 - imported first on purpose: it patches transformers, peft and trl
-
-from pipeline.model.backends import bnb_config, changed_4bit_settings, lora_kwargs
+from pipeline.model.backends import bnb_config, changed_4bit_settings, lora_kwargs  # (neither imports torch)
 from pipeline.train.precision import Precision, compute_dtype
+
+# Unsloth sets PyTorch's CUDA allocator up (expandable segments) when imported, which only counts before CUDA starts:
+# the train command imports it before torch, but a sweep's earlier job on backend=hf may have started CUDA already
+CUDA_STARTED_BEFORE_UNSLOTH = "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized()
+
+import unsloth  # noqa: E402,F401 - before transformers, peft and trl on purpose: it patches them
 
 
 def exact_name_reasons(run: Any) -> list[str]:
@@ -66,6 +71,14 @@ def apply_lora(model: Any, run: Any, resolution: Any) -> Any:
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.get_peft_model(model, **get_peft_model_kwargs(run, resolution))
+
+
+def allocator_notes(precision: Precision) -> list[str]:
+    if precision.device == "cuda" and CUDA_STARTED_BEFORE_UNSLOTH:
+        return ["CUDA started before Unsloth was imported in this process (an earlier job of the sweep on "
+                "backend=hf): its allocator setting (expandable_segments) is not in effect, so peak reserved memory "
+                "may differ from this job run alone"]
+    return []
 
 
 def fast_path_blockers(run: Any, resolved_roles: set[str]) -> list[str]:
