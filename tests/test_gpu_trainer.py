@@ -127,6 +127,15 @@ def test_tokens_are_counted_under_the_gpu_trainer(gpu_run: SimpleNamespace) -> N
     assert rows[-1]["tokens_seen"] == gpu_run.summary["tokens_seen"]  # the running count, in every logged row
 
 
+def test_what_the_gpu_trainer_changes_is_recorded_and_noted(gpu_run: SimpleNamespace) -> None:
+    """The settings Unsloth's config chooses itself, against TRL's own, each in trainer_settings and one note."""
+    settings, notes = gpu_run.summary["trainer_settings"], gpu_run.summary["notes"]
+    assert (settings["loss_type"], settings["torch_empty_cache_steps"]) == ("nll", 250)
+    assert "the trainer runs loss_type=nll instead of chunked_nll" in notes
+    assert "the trainer runs torch_empty_cache_steps=250 instead of None" in notes
+    assert not [n for n in notes if "padding_free" in n or "max_length" in n]  # those stay as we asked
+
+
 # --- 8. padding-free and max_length ------------------------------------------------------------------------------
 
 def test_the_gpu_trainer_keeps_our_max_length_and_skips_its_padding_free_scan(gpu_run: SimpleNamespace) -> None:

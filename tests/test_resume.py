@@ -51,9 +51,14 @@ def logged_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("setting", [["backend=unsloth", "quantization=nf4"], ["backend=hf", "quantization=none"]],
-                         ids=["unsloth-nf4", "hf-16bit"])
+@pytest.mark.parametrize("setting", [["backend=unsloth", "quantization=nf4"], ["backend=hf", "quantization=none"],
+                                     ["backend=unsloth", "quantization=nf4", "model.name=untrained-rows"]],
+                         ids=["unsloth-nf4", "hf-16bit", "unsloth-nf4-untrained-token-rows"])
 def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: Path, home: Path) -> None:
+    if "model.name=untrained-rows" in setting:  # a base whose template tokens' rows the run trains (PEFT's tokens)
+        from conftest import zeroed_copy
+
+        setting = [*setting[:2], f"model.name={zeroed_copy(tmp_path / 'tiny-llama-base')}"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     result = run_cli("pipeline.train", *LONG, *setting, f"hydra.run.dir={whole}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -77,6 +82,9 @@ def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: P
     steps = logged_steps(killed)
     assert steps == sorted(set(steps)) and steps[-1] == STEPS  # each step once
     assert summary["final_loss"] == summary_of(whole)["final_loss"]
+    # the token count goes on from the checkpoint's row: the resumed run's totals are the uninterrupted run's
+    assert (summary["tokens_seen"], summary["tokens_trained"]) == \
+        (summary_of(whole)["tokens_seen"], summary_of(whole)["tokens_trained"])
 
 
 def stop_with(signum: int, run_dir: Path, home: Path, *overrides: str, before: Any = None) -> str:

@@ -20,14 +20,17 @@ def export_command(after: Any, run: Any) -> dict:
         check_gguf_tools(after.export.quantization)  # before anything is merged
     figures = export(run, after.export)
     if "loss" in figures:
-        log.info("check: the run's base and adapter reproduce its recorded losses on %d held-out tokens (off by %.3g)",
-                 figures["tokens"], figures["reproduced_gap"])
+        log.info("check: the run's base and adapter reproduce its recorded losses on %d held-out tokens (off by %.3g; "
+                 "within %.3f for %s logits recorded, %s here)", figures["tokens"], figures["reproduced_gap"],
+                 figures["reproduced_tolerance"], *figures["logits_dtypes_recorded_reproduced"])
         log.info("check: merged logits within %.3g of base + adapter (max diff %.3g); %d of %d adapted layers changed",
                  figures["logits_tolerance"], figures["logits_max_abs_diff"], figures["layers_changed_by_merge"],
                  figures["adapted_layers"])
         log.info("check: merged %s per-token loss within %.3f of the run's (off by %.3f; mean %.4f, recorded %.4f)",
                  figures["dtype"], figures["token_loss_tolerance"], figures["token_loss_gap"], figures["loss"],
                  figures["recorded_loss"])
+    if figures.get("merged_into", run.config.model.name) != run.config.model.name:
+        log.info("export: merged into %s, the 16-bit original of the pre-quantized model.name", figures["merged_into"])
     if "gguf" in figures:
         log.info("check: %s read back: %d tensors (%s), %d tokens and the run's chat template; token embeddings "
                  "within %.3g of the merged model's (max diff %.3g)", figures["gguf"], figures["gguf_tensors"],

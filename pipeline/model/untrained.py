@@ -85,12 +85,15 @@ def find(model: Any, tokenizer: Any, datasets: list[Any], modules_to_save: list[
     """The untrained rows of the loaded model that the data uses (None when there are none), with where PEFT must
     train them: the input embedding, and lm_head unless it is tied to it; a module that lora.modules_to_save already
     trains in full is left to that."""
+    if model.get_input_embeddings() is None or model.get_output_embeddings() is None:
+        return None  # no single embedding pair to look at (Unsloth skips these models too)
     rows = untrained_rows(model)
     candidates = [int(i) for i in rows.nonzero()[:, 0]]
     if not candidates:
         return None
     used = sorted(ids_in([d for d in datasets if d is not None], candidates))
-    named = [t for t in tokenizer.convert_ids_to_tokens(candidates) if t in tokenizer.get_added_vocab()]
+    added = tokenizer.get_added_vocab()  # special tokens: the ones a template names by their text
+    named = [t for t in tokenizer.convert_ids_to_tokens(candidates) if t in added]
     template = tokenizer.chat_template or ""
     template_only = [t for t in named if t in template and tokenizer.convert_tokens_to_ids(t) not in used]
     if not used:

@@ -169,11 +169,12 @@ def trainable_dtypes(model: Any) -> list[str]:
     return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
 
 
-BACKEND_CHOSEN = ("padding_free", "loss_type", "dataset_num_proc", "max_length", "packing")
+BACKEND_CHOSEN = ("padding_free", "loss_type", "dataset_num_proc", "max_length", "packing", "torch_empty_cache_steps")
 
 
 def settings_in_effect(trainer: Any) -> dict:
-    """Settings a backend's trainer may choose itself (Unsloth's GPU trainer: padding-free, nll loss, workers)."""
+    """Settings a backend's trainer may choose itself (Unsloth's GPU trainer: padding-free, nll loss, workers, emptying
+    the CUDA cache every 250 steps)."""
     return {key: getattr(trainer.args, key, None) for key in BACKEND_CHOSEN}
 
 
