@@ -29,8 +29,8 @@ def checkpoint_quantization(repo: str | None) -> dict | None:
         return None
     from transformers import PretrainedConfig
 
-    try:
-        config, _ = PretrainedConfig.get_config_dict(repo)  # the file loading just read (cached, or a local folder)
+    try:  # the file loading read: cached, or in a local folder (no request to the hub)
+        config, _ = PretrainedConfig.get_config_dict(repo, local_files_only=True)
     except (OSError, ValueError):
         return None
     return config.get("quantization_config")
