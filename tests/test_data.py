@@ -52,9 +52,9 @@ def test_chat_mask_trains_exactly_the_assistant_answer(tmp_path: Path, monkeypat
     prepared, tok = prepared_for(tmp_path, monkeypatch)
     row = first_row_with(prepared, tok, "The young white duck sits under the tree.")
     trained, context = trained_and_context(row, tok)
-    assert trained == "Animal: duck. Colour: white.<|im_end|>"  # the {% generation %} span: answer and end-of-turn
+    assert trained == "Animal: duck. Colour: white.<|im_end|>\n"  # the {% generation %} span: answer, end of turn
     assert context.endswith("<|im_start|>user\nName the animal and its colour.\nThe young white duck sits under the "
-                            "tree.<|im_end|>\n<|im_start|>assistant\n\n")
+                            "tree.<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_content_parts_train_exactly_what_plain_text_content_trains(tmp_path: Path,
@@ -65,7 +65,7 @@ def test_content_parts_train_exactly_what_plain_text_content_trains(tmp_path: Pa
     parts, _ = prepared_for(tmp_path / "parts", monkeypatch, f"data.source={DATA / 'tiny_content_parts.jsonl'}")
     assert parts.train["input_ids"] == plain.train["input_ids"] and parts.train["labels"] == plain.train["labels"]
     trained, _ = trained_and_context(first_row_with(parts, tok, "The young white duck sits under the tree."), tok)
-    assert trained == "Animal: duck. Colour: white.<|im_end|>"
+    assert trained == "Animal: duck. Colour: white.<|im_end|>\n"
     # LLaMA-Factory's v1 messages name the text `value`
     rows = [json.loads(line.replace('"text": "', '"value": "'))
             for line in (DATA / "tiny_content_parts.jsonl").read_text().splitlines()]
@@ -106,8 +106,8 @@ def test_per_turn_flags_choose_which_answers_train(tmp_path: Path, monkeypatch: 
     source = write_jsonl(tmp_path / "flags.jsonl", rows * 4)
     prepared, tok = prepared_for(tmp_path, monkeypatch, f"data.source={source}")
     trained = {trained_and_context(first_row_with(prepared, tok, animal), tok)[0] for animal in ("fox", "owl", "cat")}
-    assert trained == {"Colour: red.<|im_end|>", "Animal: owl.<|im_end|>",
-                       "Animal: cat.<|im_end|>Colour: black.<|im_end|>"}  # unflagged: both answers, as before
+    assert trained == {"Colour: red.<|im_end|>\n", "Animal: owl.<|im_end|>\n",
+                       "Animal: cat.<|im_end|>\nColour: black.<|im_end|>\n"}  # unflagged: both answers, as before
     # the data's own key for the flag, mapped by data.columns like a column
     renamed = write_jsonl(tmp_path / "renamed.jsonl", json.loads(json.dumps(rows * 4).replace('"train"', '"use"')))
     mapped, _ = prepared_for(tmp_path / "mapped", monkeypatch, f"data.source={renamed}", "data.columns={train: use}")
@@ -126,15 +126,15 @@ def test_tool_calls_train_and_tool_results_do_not(tmp_path: Path, monkeypatch: p
     as_object = first_row_with(prepared, tok, "A grey duck sits under the tree.")
     trained, context = trained_and_context(as_object, tok)
     assert trained == ('<tool_call>\n{"name": "look_up", "arguments": {"scene": "A grey duck sits under the tree."}}'
-                       '\n</tool_call><|im_end|>Animal: duck. Colour: grey.<|im_end|>')
+                       '\n</tool_call><|im_end|>\nAnimal: duck. Colour: grey.<|im_end|>\n')
     assert context == (
         '<|im_start|>system\n# Tools\n<tools>\n{"type": "function", "function": {"name": "look_up", "description": '
         '"The animal and colour of a scene.", "parameters": {"type": "object", "properties": {"scene": {"type": '
         '"string"}}, "required": ["scene"]}}}\n{"type": "function", "function": {"name": "count", "parameters": '
         '{"type": "object", "properties": {"unit": {"enum": ["words", "letters"]}}}}}\n</tools><|im_end|>\n'
         '<|im_start|>user\nName the animal and its colour.\nA grey duck sits under the tree.<|im_end|>\n'
-        '<|im_start|>assistant\n\n<|im_start|>tool\n<tool_response>\n{"animal": "duck", "colour": "grey"}\n'
-        '</tool_response><|im_end|>\n<|im_start|>assistant\n\n')  # no null keys from two tools' merged schemas
+        '<|im_start|>assistant\n<|im_start|>tool\n<tool_response>\n{"animal": "duck", "colour": "grey"}\n'
+        '</tool_response><|im_end|>\n<|im_start|>assistant\n')  # no null keys from two tools' merged schemas
     as_string = trained_and_context(first_row_with(prepared, tok, "The young white duck sits under the tree."), tok)
     assert as_string[0].startswith('<tool_call>\n{"name": "look_up", "arguments": {"scene": "The young white duck')
 
@@ -173,16 +173,24 @@ def test_a_template_that_cannot_render_tools_is_named(tmp_path: Path) -> None:
         data_lib.build(run.data, tokenizer, run.seed, template="phi-3")
 
 
-def test_tool_calls_without_marked_turns_are_refused(tmp_path: Path) -> None:
-    """Without {% generation %} markers only the last answer would train: never a tool call."""
+def test_tool_calls_train_without_marked_turns_as_with_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny template without its {% generation %} markers: every assistant turn, tool calls included, is read
+    off the template (pipeline.data.turns) and trains exactly the tokens TRL's markers would."""
     from transformers import AutoTokenizer
 
     run = to_runconfig(compose("experiment=quickstart_tools"))
-    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
-    tokenizer.chat_template = tokenizer.chat_template.replace("{%- generation %}", "").replace("{%- endgeneration %}",
-                                                                                              "")
-    with pytest.raises(ConfigError, match="marks no assistant turns.*never a tool call"):
-        data_lib.build(run.data, tokenizer, run.seed)
+    marked = AutoTokenizer.from_pretrained(run.model.name)
+    plain = AutoTokenizer.from_pretrained(run.model.name)
+    plain.chat_template = marked.chat_template.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
+    labels = {}
+    for name, tokenizer in (("marked", marked), ("plain", plain)):
+        monkeypatch.setenv("FT_DATA_CACHE", str(tmp_path / name))
+        built = data_lib.build(run.data, tokenizer, run.seed)
+        assert (built.assistant_only_loss, built.template_turns) == ((True, None) if name == "marked" else
+                                                                     (False, "the tokenizer's own chat template"))
+        labels[name] = prepare.prepare(built, tokenizer, run).train["labels"]
+    assert labels["plain"] == labels["marked"]
+    assert any(plain.decode([t for t in row if t != prepare.IGNORE]).count("<tool_call>") for row in labels["plain"])
 
 
 @pytest.mark.parametrize(("call", "problem"), [
@@ -308,8 +316,8 @@ def test_preprocess_marks_trained_tokens_of_a_tool_calling_sample(tmp_path: Path
     assert "(messages with tool calls, loss on responses and tool calls (not tool results))" in first.stdout
     # not a terminal: brackets mark the loss; the tool-calling sample (most trained spans) is shown first
     assert ('[[<tool_call>\n{"name": "look_up", "arguments": {"scene": "A red duck eats under the tree."}}\n'
-            '</tool_call><|im_end|>]]\n<|im_start|>tool\n<tool_response>\n{"animal": "duck", "colour": "red"}\n'
-            '</tool_response><|im_end|>\n<|im_start|>assistant\n[[Animal: duck. Colour: red.<|im_end|>]]') \
+            '</tool_call><|im_end|>\n]]<|im_start|>tool\n<tool_response>\n{"animal": "duck", "colour": "red"}\n'
+            '</tool_response><|im_end|>\n<|im_start|>assistant\n[[Animal: duck. Colour: red.<|im_end|>\n]]') \
         in first.stdout
     assert "train: 72 samples, tokens min" in first.stdout and "p95" in first.stdout
     assert json.loads((tmp_path / "a" / "data_stats.json").read_text())["from_cache"] is False
@@ -408,13 +416,14 @@ def test_every_answer_trains_with_trls_patched_template(tmp_path: Path, monkeypa
     assert trained == ["\nA1<|im_end|>\n\nA2<|im_end|>\n", "\nA3<|im_end|>\n"]  # never the user's "thanks"
 
 
-def test_without_markers_the_last_answer_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_markers_every_answer_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plain = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
              "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
     prepared, tok = prepared_with_template(tmp_path, monkeypatch, plain)
     trained = [trained_and_context(row, tok)[0] for row in prepared.train]
-    # the tiny tokenizer merges " A" into one token, so the space after "assistant:" trains with the answer
-    assert trained == [" A2\n", " A3\n"]
+    # each answer with the line break that ends its turn; the tiny tokenizer merges " A" into one token, so the space
+    # after "assistant:" trains with the answer (as a {% generation %} span starting at the answer would)
+    assert trained == [" A1\n A2\n", " A3\n"]  # never the user's "thanks"
 
 
 def test_empty_cells_are_named(tmp_path: Path, home: Path) -> None:

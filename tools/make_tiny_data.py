@@ -6,7 +6,8 @@ Two parts, like a real base model and a real fine-tune:
 - `tiny_documents.txt`: more of that prose as plain text, a document per paragraph (continued pre-training);
 - the instruction set, in five formats (and OpenAI-style content parts, `tiny_content_parts.jsonl`; tool calling as
   messages, `tiny_tools.jsonl`, and as glaive / LLaMA-Factory sharegpt, `tiny_tools_sharegpt.jsonl`): "Name the
-  animal and its colour." over a new scene, answered in one fixed line ("Animal: fox. Colour: red."). The base knows
+  animal and its colour." over a new scene, answered in one fixed line ("Animal: fox. Colour: red."); and as three
+  exchanges a conversation, `tiny_multiturn.jsonl` (the animal, then its colour, then both in one line). The base knows
   the words and can find an animal or a colour, but has never seen a chat or that answer, so it scores 0/8 on the
   held-out scenes; the quickstart's 30 QLoRA steps teach it.
 """
@@ -89,6 +90,16 @@ def as_messages(instruction: str, input_: str, output: str, with_system: bool) -
     return {"messages": messages}
 
 
+def as_multiturn(input_: str, output: str, with_system: bool) -> dict:
+    """The same scene asked in three exchanges: every answer is the model's to learn (multi-turn masks)."""
+    animal, colour = output.removesuffix(".").split(". ")
+    turns = [("Name the animal.\n" + input_, animal + "."), ("And its colour?", colour + "."), ("Both, in one line.",
+                                                                                              output)]
+    messages = [{"role": role, "content": text} for question, answer in turns
+                for role, text in (("user", question), ("assistant", answer))]
+    return {"messages": ([{"role": "system", "content": SYSTEM}] if with_system else []) + messages}
+
+
 def as_sharegpt(instruction: str, input_: str, output: str) -> dict:
     return {"conversations": [{"from": "human", "value": f"{instruction}\n{input_}"}, {"from": "gpt", "value": output}]}
 
@@ -154,6 +165,8 @@ def main(out: Path = Path("assets/data")) -> None:
     messages = [as_messages(i, x, o, with_system=k % 3 == 0) for k, (i, x, o) in enumerate(pairs)]
     write_jsonl(out / "tiny_messages.jsonl", messages)
     write_jsonl(out / "tiny_content_parts.jsonl", [as_content_parts(row) for row in messages])
+    write_jsonl(out / "tiny_multiturn.jsonl", [as_multiturn(x, o, with_system=k % 3 == 0)
+                                               for k, (_, x, o) in enumerate(pairs)])
     write_jsonl(out / "tiny_alpaca.jsonl", [{"instruction": i, "input": x, "output": o} for i, x, o in pairs])
     write_jsonl(out / "tiny_sharegpt.jsonl", [as_sharegpt(i, x, o) for i, x, o in pairs])
     write_jsonl(out / "tiny_tools.jsonl", [as_tool_messages(k, i, x, o) for k, (i, x, o) in enumerate(pairs)])

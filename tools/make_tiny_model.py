@@ -14,7 +14,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-# ChatML with {% generation %} markers, rendering tools (in the system turn), tool calls and tool results
+# ChatML with {% generation %} markers (the model writes its answer, the end-of-turn token and the line break after it,
+# as in TRL's Qwen 3 template), rendering tools (in the system turn), tool calls and tool results
 # the way Qwen 2.5 does, so tool-calling data trains on the tiny model too
 CHATML_WITH_GENERATION = """{%- if tools %}
 {{- '<|im_start|>system\\n' }}
@@ -35,9 +36,8 @@ CHATML_WITH_GENERATION = """{%- if tools %}
 {{- call['arguments'] | tojson }}
 {{- '}\\n</tool_call>' }}
 {%- endfor %}
-{{- '<|im_end|>' }}
+{{- '<|im_end|>\\n' }}
 {%- endgeneration %}
-{{- '\\n' }}
 {%- elif message['role'] == 'tool' %}
 {{- '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}
 {%- else %}

@@ -3,8 +3,8 @@
 Everything is normalized to a form TRL's SFTTrainer consumes directly, so tokenization, chat templating,
 response-only masking and packing stay TRL's:
   - conversations -> `messages`, content parts joined into text, tool calls and tools in one form (`tools`), (+
-                     `assistant_only_loss` when the template marks generations)
-                  -> or `prompt`/`completion` messages (+ `completion_only_loss`) when it does not;
+                     `assistant_only_loss` when the template marks generations, or TRL ships a version that does;
+                     else every assistant turn's span read off the template: `pipeline.data.turns`);
   - alpaca        -> `prompt`/`completion` messages;
   - text          -> `text` (loss on every token).
 """
@@ -46,6 +46,7 @@ class Datasets:
     completion_only_loss: bool  # TRL masks the prompt of prompt/completion samples
     dropped_without_answer: int = 0  # conversations with no assistant turn (nothing to train on)
     tools: tuple[str, ...] = ()      # what of tool calling the data holds (`tools.PARTS`: tools, calls, results)
+    template_turns: str | None = None  # the template (named) whose assistant turns `pipeline.data.turns` reads off
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
@@ -147,13 +148,6 @@ def _sharegpt_to_messages(row: dict, index: int) -> dict:
     return {"messages": messages}
 
 
-def _until_last_answer(row: dict) -> dict:
-    """Earlier turns become the prompt, the last assistant turn the completion (what follows it is dropped)."""
-    messages = row["messages"]
-    last = max(i for i, turn in enumerate(messages) if turn["role"] == "assistant")
-    return {"prompt": messages[:last], "completion": [messages[last]]}
-
-
 def has_generation_markers(tokenizer: Any) -> bool:
     template = getattr(tokenizer, "chat_template", None) or ""
     return "{% generation %}" in template or "{%- generation %}" in template
@@ -238,24 +232,12 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
         return Datasets(dataset, None, fmt, False, False, tools=tool_parts)
     with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
     dropped = len(dataset) - len(with_answer)
-    if use_training_template(tokenizer):
-        if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
-            with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
-        return Datasets(with_answer, None, fmt, True, False, dropped, tool_parts)  # every assistant turn trains
-    fix = "set model.chat_template to one that marks them (e.g. chatml)"
-    if flagged:
-        raise ConfigError("data.source", "its messages carry per-turn loss flags (train / loss_weight), and "
-                          f"{template} marks no assistant turns, nor does TRL ship a version of it that does",
-                          f"{fix}, or remove the flags")
-    if "calls" in tool_parts:
-        raise ConfigError("model.chat_template", f"{template} marks no assistant turns, nor does TRL ship a version "
-                          "of it that does: only the last answer of each conversation would train, never a tool call",
-                          "use a template with {% generation %} markers that renders tools (e.g. the model's own "
-                          "Qwen 2.5/3 or Llama 3.x template on backend=hf, which TRL patches)")
-    log.info("data: the chat template marks no assistant turns and TRL has no patched version of it; "
-             "only the last assistant turn of each conversation carries the loss")
-    return Datasets(with_answer.map(_until_last_answer, remove_columns=["messages"]), None, fmt, False, True, dropped,
-                    tool_parts)
+    if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
+        with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
+    if use_training_template(tokenizer):  # TRL's masks, from the template's {% generation %} markers
+        return Datasets(with_answer, None, fmt, True, False, dropped, tool_parts)
+    # no markers, and TRL ships no marked version: every assistant turn's span is read off the template itself
+    return Datasets(with_answer, None, fmt, False, False, dropped, tool_parts, template_turns=template)
 
 
 def eval_count(val_size: float, available: int) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.data.cache import cache_key, cache_root, load_cached, save_cached
 from pipeline.data.formats import Datasets
+from pipeline.data.turns import mask_assistant_turns
 from pipeline.errors import ConfigError, first_line
 
 IGNORE = -100  # label of a token that carries no loss
@@ -191,7 +192,11 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:
             continue
-        tokenized = apply_turn_flags(tokenize_with_trl(dataset, tokenizer, datasets, name, run.data.num_proc), name)
+        tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name, run.data.num_proc)
+        if datasets.template_turns:  # a template without {% generation %} markers: its turns read off it
+            tokenized = mask_assistant_turns(tokenized, tokenizer, name, datasets.template_turns,
+                                             processes(run.data.num_proc, len(tokenized)))
+        tokenized = apply_turn_flags(tokenized, name)
         parts[name], stats[name] = apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     warn_about_drops(stats)

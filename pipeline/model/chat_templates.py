@@ -22,7 +22,10 @@ def apply_named_chat_template(tokenizer: Any, name: str | None, backend: str) ->
     if not name:
         return tokenizer
     if backend == "unsloth":
-        from unsloth.chat_templates import CHAT_TEMPLATES, get_chat_template
+        from pipeline.outputs.logs import prints_to_log
+
+        with prints_to_log("unsloth"):  # its banner, when this is the first import of Unsloth (preprocess)
+            from unsloth.chat_templates import CHAT_TEMPLATES, get_chat_template
 
         if name not in CHAT_TEMPLATES:
             raise ConfigError("model.chat_template", f"unknown template '{name}'",

@@ -1,0 +1,217 @@
+"""Every assistant turn trains, with any chat template (pipeline.data.turns): where TRL ships a template with
+{% generation %} markers, the masks read off the same template without them are TRL's, token for token; for the
+families TRL does not patch (Llama 3.1-3.3, Mistral, Gemma 2, Qwen 3), each answer trains with its end-of-turn text,
+on three-exchange conversations, through the CLI too."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose, run_cli
+
+from pipeline.config import to_runconfig
+from pipeline.data import formats as data_lib
+from pipeline.data import prepare
+from pipeline.errors import ConfigError
+
+DATA = REPO / "assets" / "data"
+CONVERSATIONAL = ["tiny_messages.jsonl", "tiny_sharegpt.jsonl", "tiny_content_parts.jsonl", "tiny_multiturn.jsonl",
+                  "tiny_tools.jsonl", "tiny_tools_sharegpt.jsonl"]  # every shipped conversational file
+TRL_TRAINING = ["qwen2_5", "qwen3", "llama3", "gemma", "phi3"]  # the families TRL ships marked templates for
+MARKERS = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+def trl_file(name: str) -> str:
+    import importlib.util
+
+    folder = Path(next(iter(importlib.util.find_spec("trl").submodule_search_locations))) / "chat_templates"
+    return (folder / f"{name}.jinja").read_text()
+
+
+def without_markers(template: str) -> str:
+    """The template with its {% generation %} blocks made plain ifs: the same text, whitespace control kept."""
+    return MARKERS.sub(lambda m: "{%" + m[1] + (" endif " if m[2] else " if true ") + m[3] + "%}", template)
+
+
+def labels_of(template: str, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str):
+    """(train labels, eval labels, whether TRL's markers made them) for `source` under `template` with the tiny
+    tokenizer; the one-line error instead when the data is refused."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("FT_DATA_CACHE", str(tmp_path / "cache"))
+    run = to_runconfig(compose("experiment=quickstart", f"data.source={DATA / source}", "data.format=auto",
+                               "model.max_seq_length=512", *overrides))
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
+    tokenizer.chat_template = template
+    try:
+        built = data_lib.build(run.data, tokenizer, run.seed)
+        prepared = prepare.prepare(built, tokenizer, run)
+    except ConfigError as error:
+        return error.line()
+    evaluation = prepared.eval["labels"] if prepared.eval is not None else None
+    return prepared.train["labels"], evaluation, built.assistant_only_loss, prepared, tokenizer
+
+
+@pytest.mark.parametrize("source", CONVERSATIONAL)
+@pytest.mark.parametrize("name", TRL_TRAINING)
+def test_masks_read_off_a_template_are_trls_own(name: str, source: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    marked = trl_file(f"{name}_training")
+    trl = labels_of(marked, source, tmp_path / "trl", monkeypatch)
+    ours = labels_of(without_markers(marked), source, tmp_path / "ours", monkeypatch)
+    if isinstance(trl, str):  # a template that cannot render the data (tools) is refused alike
+        assert ours == trl
+        return
+    assert trl[2] is True and ours[2] is False  # TRL's masks, from its markers; ours, read off the same text
+    for trl_labels, our_labels in ((trl[0], ours[0]), (trl[1], ours[1])):
+        if name != "qwen2_5":
+            assert our_labels == trl_labels
+            continue
+        # TRL's Qwen 2.5 training template opens its generation block before the newline of "<|im_start|>assistant\n",
+        # which is the generation prompt (the model never writes it); the one difference, once per turn
+        for row_trl, row_ours in zip(trl_labels, our_labels, strict=True):
+            differ = [i for i, (a, b) in enumerate(zip(row_trl, row_ours, strict=True)) if a != b]
+            starts = [i for i in range(1, len(row_ours)) if row_ours[i] != prepare.IGNORE
+                      and row_ours[i - 1] == prepare.IGNORE]
+            assert differ == [i - 1 for i in starts] and all(row_trl[i] != prepare.IGNORE for i in differ)
+            assert {ours[4].decode([row_trl[i]]) for i in differ} == {"\n"}
+
+
+# --- the families TRL does not patch: each answer and its end-of-turn text, three times a conversation -----------
+
+def unsloth_template(name: str) -> str:
+    import unsloth  # noqa: F401 - before transformers' tokenizer use, as the project imports it
+    from transformers import AutoTokenizer
+    from unsloth.chat_templates import get_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama")
+    return get_chat_template(tokenizer, chat_template=name, map_eos_token=False).chat_template
+
+
+# in the style of Mistral v0.3's published template: the system prompt goes before the *last* question, so the
+# conversation up to an earlier answer renders otherwise than the whole conversation begins
+MISTRAL_STYLE = (
+    "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else none %}"
+    "{%- set turns = messages[1:] if system else messages %}"
+    "{%- set ns = namespace(last=-1) %}{%- for m in turns %}{%- if m['role'] == 'user' %}"
+    "{%- set ns.last = loop.index0 %}{%- endif %}{%- endfor %}{{- bos_token }}"
+    "{%- for m in turns %}{%- if m['role'] == 'user' %}{{- '[INST] ' }}"
+    "{%- if system and loop.index0 == ns.last %}{{- system + '\\n\\n' }}{%- endif %}{{- m['content'] + '[/INST]' }}"
+    "{%- else %}{{- ' ' + m['content'] + eos_token }}{%- endif %}{%- endfor %}")
+
+FAMILIES = {  # template -> (its text, what follows each answer in a trained span)
+    "unsloth llama-3.1": (lambda: unsloth_template("llama-3.1"), "<|eot_id|>"),
+    "unsloth mistral": (lambda: unsloth_template("mistral"), "<|im_end|>"),  # the tokenizer's eos, as Unsloth writes
+    "unsloth gemma2": (lambda: unsloth_template("gemma2"), "<end_of_turn>\n"),
+    "unsloth qwen-3": (lambda: unsloth_template("qwen-3"), "<|im_end|>\n"),
+    "Llama 3.1's own (TRL's copy)": (lambda: trl_file("llama3_1"), "<|eot_id|>"),
+    "Llama 3.2's own (TRL's copy)": (lambda: trl_file("llama3_2"), "<|eot_id|>"),
+    "Mistral v0.3 style": (lambda: MISTRAL_STYLE, "<|im_end|>"),
+}  # (Qwen 3's and Gemma's own templates are ones TRL ships marked versions of: test_masks_read_off_...trls_own)
+
+
+def answers_of(row: dict) -> list[str]:
+    return [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+
+
+def trained_runs(input_ids: list[int], labels: list[int], tokenizer) -> list[str]:  # noqa: ANN001
+    runs, current = [], []
+    for token, label in zip(input_ids, labels, strict=True):
+        if label != prepare.IGNORE:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs + ([tokenizer.decode(current)] if current else [])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_answer_of_a_three_exchange_conversation_trains(family: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    template, end = FAMILIES[family][0](), FAMILIES[family][1]
+    rows = [json.loads(line) for line in (DATA / "tiny_multiturn.jsonl").read_text().splitlines()]
+    _, _, marked, prepared, tokenizer = labels_of(template, "tiny_multiturn.jsonl", tmp_path, monkeypatch,
+                                                  "data.val_size=0", "eval.before_after=false")
+    assert marked is False  # no TRL markers: read off the template
+    for row, sample in zip(rows, prepared.train, strict=True):
+        runs = trained_runs(sample["input_ids"], sample["labels"], tokenizer)
+        expected = [answer + end for answer in answers_of(row)]
+        if family.endswith("qwen-3"):  # the last answer opens with an empty think block
+            expected[-1] = "<think>\n\n</think>\n\n" + expected[-1]
+        assert [run.strip(" ") for run in runs] == expected, family
+
+
+def test_per_turn_flags_keep_working_without_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [json.loads(line) for line in (DATA / "tiny_multiturn.jsonl").read_text().splitlines()]
+    for row in rows:  # the second answer (the colour alone) is context only
+        [m for m in row["messages"] if m["role"] == "assistant"][1]["train"] = False
+    source = tmp_path / "flagged.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _, _, _, prepared, tokenizer = labels_of(unsloth_template("llama-3.1"), str(source), tmp_path, monkeypatch,
+                                             "data.val_size=0", "eval.before_after=false")
+    for row, sample in zip(rows, prepared.train, strict=True):
+        first, _, third = answers_of(row)
+        assert trained_runs(sample["input_ids"], sample["labels"], tokenizer) == [f"{first}<|eot_id|>",
+                                                                                  f"{third}<|eot_id|>"]
+
+
+def test_a_template_that_cannot_be_split_is_refused_in_one_line(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template that renders an answer only by its length, say, gives no text to find the turn by."""
+    scrambled = ("{%- for m in messages %}{{- m['role'] + ': ' }}{%- if m['role'] == 'assistant' %}"
+                 "{{- m['content'] | length }}{%- else %}{{- m['content'] }}{%- endif %}{{- '\\n' }}{%- endfor %}"
+                 "{%- if add_generation_prompt %}{{- 'assistant: ' }}{%- endif %}")
+    line = labels_of(scrambled, "tiny_multiturn.jsonl", tmp_path, monkeypatch)
+    assert line.startswith("error: model.chat_template: the tokenizer's own chat template cannot be split into "
+                           "assistant turns (train sample 0: it renders an answer's text otherwise when the text "
+                           "changes). Use a template that marks assistant turns with {% generation %}, or train "
+                           "every token with data.loss_on=all.")
+
+
+# --- through the CLI: trained-token counts in summary.json are the answers' and their end-of-turn tokens' ----------
+
+def expected_trained_tokens(template: str, end: str, last_opens: str = "") -> int:
+    """Counted without pipeline.data.turns: each answer followed by `end` (the last one preceded by `last_opens`),
+    found in order in the rendering."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama")
+    tokenizer.chat_template = template
+    total = 0
+    for line in (DATA / "tiny_multiturn.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        encoding = tokenizer(text, add_special_tokens=False)
+        position, trained = 0, set()
+        answers = answers_of(row)
+        for k, answer in enumerate(answers):
+            span = (last_opens if k == len(answers) - 1 else "") + answer + end
+            start = text.index(span, position)
+            position = start + len(span)
+            trained |= {encoding.char_to_token(c) for c in range(start, position)}
+        total += len(trained)
+    return total
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("template,backend", [("llama-3.1", "unsloth"), ("mistral", "unsloth"),
+                                              ("gemma2", "unsloth"), ("qwen-3", "unsloth"), ("llama-3.1", "hf")])
+def test_three_exchange_conversations_train_every_answer_through_the_cli(template: str, backend: str, tmp_path: Path,
+                                                                         home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"backend={backend}",
+                     f"model.chat_template={template}", f"data.source={DATA / 'tiny_multiturn.jsonl'}",
+                     "data.val_size=0", "model.max_seq_length=512", "trainer.max_steps=1", f"hydra.run.dir={run_dir}",
+                     home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((run_dir / "summary.json").read_text())["data_stats"]["train"]
+    if backend == "hf":  # TRL's file for Llama 3.1
+        text, end = trl_file("llama3_1"), "<|eot_id|>"
+    else:
+        text, end = unsloth_template(template), {"llama-3.1": "<|eot_id|>", "mistral": "<|im_end|>",
+                                                 "gemma2": "<end_of_turn>\n", "qwen-3": "<|im_end|>\n"}[template]
+    opens = "<think>\n\n</think>\n\n" if template == "qwen-3" else ""
+    assert stats["samples"] == 80 and stats["trained_tokens"] == expected_trained_tokens(text, end, opens)
