@@ -90,8 +90,8 @@ def test_unused_columns_are_named_in_one_warning(tmp_path: Path, caplog: pytest.
     run = to_runconfig(compose("experiment=quickstart", f"data.source={write_jsonl(tmp_path / 'd.jsonl', rows)}",
                                "data.format=auto"))
     assert data_lib.read(run.data).format == "alpaca"
-    assert "data: columns ['id', 'source'] are not used: format alpaca reads ['input', 'instruction', 'output'] " \
-           "(map others with data.columns)" in caplog.messages
+    assert "data: columns ['id', 'source'] are not used: format alpaca reads ['history', 'input', 'instruction', " \
+           "'output', 'system'] (map others with data.columns)" in caplog.messages
 
 
 def test_per_turn_flags_choose_which_answers_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -330,3 +330,64 @@ def test_trained_token_rows_reach_the_merged_model_and_the_gguf(tmp_path: Path, 
         got = dequantize(tensor.data, tensor.tensor_type).reshape(505, -1)[[1, 2]]
         assert np.abs(got - trained).max() < np.abs(trained).max() / 128  # bf16 merge, then f16: the adapter's rows
         assert np.abs(got).min(axis=1).max() > 0  # no longer the checkpoint's zeros
+
+
+# --- the template served is the one trained ------------------------------------------------------------------------
+
+def test_every_export_and_generate_render_the_held_out_conversation_as_training_did(finished_run: Path,
+                                                                                    tmp_path: Path,
+                                                                                    home: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from pipeline.after import generate, reference
+    from pipeline.after.finished import open_finished_run
+    from pipeline.config.schema import GenerateConfig
+    from pipeline.data.turns import render
+
+    run_dir = copy_of(finished_run, tmp_path)
+    record = reference.read(run_dir / "adapter")
+    assert record["rendered"].startswith("<|im_start|>") and record["conversation"]["messages"][-1]["role"] == \
+        "assistant"
+    for fmt in ("adapter", "gguf"):  # gguf: the merged model's tokenizer, then the GGUF's embedded template
+        result = run_cli("pipeline.export", f"run={run_dir}", f"export.format={fmt}", home=home)
+        assert result.returncode == 0, result.stderr[-3000:]
+        figures = json.loads((run_dir / "export" / fmt / "export.json").read_text())
+        assert figures["template_renders_as_trained"] is True
+    assert figures["gguf_chat_template_is_the_runs"] is True and figures["stops"] == ["<|im_end|>"]
+    _, tokenizer = generate.load(open_finished_run(str(run_dir)), GenerateConfig())
+    conversation = record["conversation"]
+    assert render(tokenizer, conversation["messages"], conversation["tools"]) == record["rendered"]
+    assert render(AutoTokenizer.from_pretrained(run_dir / "export" / "gguf"), conversation["messages"],
+                  conversation["tools"]) == record["rendered"]
+
+
+def test_an_export_whose_template_differs_from_trainings_is_refused(finished_run: Path, tmp_path: Path,
+                                                                    home: Path) -> None:
+    run_dir = copy_of(finished_run, tmp_path)
+    template = run_dir / "adapter" / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>assistant\\n", "<|im_start|>model\\n"))
+    for fmt in ("merged_16bit", "adapter"):
+        result = run_cli("pipeline.export", f"run={run_dir}", f"export.format={fmt}", home=home)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: run: the exported tokenizer's chat template renders the run's "
+                                        "held-out conversation otherwise than training did")
+        assert not (run_dir / "export").exists()
+
+
+@pytest.mark.e2e
+def test_the_modelfile_stops_at_the_templates_end_of_turn(tmp_path: Path, home: Path) -> None:
+    """Llama 3.1's template ends an answer with <|eot_id|>, not with the tokenizer's end of text: Ollama must stop
+    at both."""
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "model.chat_template=llama-3.1",
+                     f"data.source={REPO / 'assets' / 'data' / 'tiny_multiturn.jsonl'}", "model.max_seq_length=512",
+                     "trainer.max_steps=2", f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("pipeline.export", f"run={run_dir}", "export.format=gguf", "export.quantization=f16", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((run_dir / "export" / "gguf" / "export.json").read_text())
+    assert figures["template_renders_as_trained"] is True and figures["stops"] == ["<|eot_id|>", "<|im_end|>"]
+    assert (run_dir / "export" / "gguf" / "Modelfile").read_text().endswith(
+        'PARAMETER stop "<|eot_id|>"\nPARAMETER stop "<|im_end|>"\n')

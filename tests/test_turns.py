@@ -20,7 +20,12 @@ from pipeline.errors import ConfigError
 DATA = REPO / "assets" / "data"
 CONVERSATIONAL = ["tiny_messages.jsonl", "tiny_sharegpt.jsonl", "tiny_content_parts.jsonl", "tiny_multiturn.jsonl",
                   "tiny_tools.jsonl", "tiny_tools_sharegpt.jsonl"]  # every shipped conversational file
-TRL_TRAINING = ["qwen2_5", "qwen3", "llama3", "gemma", "phi3"]  # the families TRL ships marked templates for
+TRL_TRAINING = sorted(p.stem.removesuffix("_training") for p in (
+    Path(__import__("importlib.util").util.find_spec("trl").submodule_search_locations[0]) / "chat_templates")
+    .glob("*_training.jinja"))  # every template TRL ships a marked version of
+# where TRL's markers and ours give the same tokens, all of them; the others differ only next to a turn (below)
+EXACT = {"cohere", "gemma", "gemma3", "glm4moe", "lfm2", "llama3", "phi3", "phi3_5", "qwen2_5_vl", "qwen3",
+         "qwen3_instruct_2507", "qwen3_vl"}
 MARKERS = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
 
 
@@ -55,29 +60,54 @@ def labels_of(template: str, source: str, tmp_path: Path, monkeypatch: pytest.Mo
     return prepared.train["labels"], evaluation, built.assistant_only_loss, prepared, tokenizer
 
 
+def runs(labels: list[int]) -> list[tuple[int, int]]:
+    """The [start, end) runs of trained positions."""
+    found, start = [], None
+    for i, label in enumerate([*labels, prepare.IGNORE]):
+        if label != prepare.IGNORE and start is None:
+            start = i
+        elif label == prepare.IGNORE and start is not None:
+            found.append((start, i))
+            start = None
+    return found
+
+
 @pytest.mark.parametrize("source", CONVERSATIONAL)
 @pytest.mark.parametrize("name", TRL_TRAINING)
 def test_masks_read_off_a_template_are_trls_own(name: str, source: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRL's marked template against the same template with its markers made plain: where TRL trains more, it is
+    text next to a turn that the template writes outside the model's answer (TRL's choice, template by template):
+    the generation prompt's own text (`<｜Assistant｜>`, `<|start|>assistant`, a thinking model's `<think>\\n`, the
+    newline of Qwen 2.5's "<|im_start|>assistant\\n"), or gpt-oss's `<|end|>` on earlier answers. Never elsewhere,
+    and never less. One template trains less than ours, next to a turn too: Gemma 4's (diffusion_gemma) ends a tool
+    call with `<|tool_response>`, where the model stops for the tool, and opens the answer after the tool's result
+    with a `<|turn>model` header its generation prompt does not write; TRL leaves both out, we read them off as the
+    model's."""
     marked = trl_file(f"{name}_training")
     trl = labels_of(marked, source, tmp_path / "trl", monkeypatch)
     ours = labels_of(without_markers(marked), source, tmp_path / "ours", monkeypatch)
-    if isinstance(trl, str):  # a template that cannot render the data (tools) is refused alike
+    if isinstance(trl, str):  # a template that cannot render the data (tools, a system turn) is refused alike
         assert ours == trl
+        return
+    if name == "idefics3":  # a vision template: it renders text content only as parts, and drops a plain string
+        assert ours.startswith("error: model.chat_template: the tokenizer's own chat template cannot be split into "
+                               "assistant turns")
         return
     assert trl[2] is True and ours[2] is False  # TRL's masks, from its markers; ours, read off the same text
     for trl_labels, our_labels in ((trl[0], ours[0]), (trl[1], ours[1])):
-        if name != "qwen2_5":
-            assert our_labels == trl_labels
-            continue
-        # TRL's Qwen 2.5 training template opens its generation block before the newline of "<|im_start|>assistant\n",
-        # which is the generation prompt (the model never writes it); the one difference, once per turn
         for row_trl, row_ours in zip(trl_labels, our_labels, strict=True):
-            differ = [i for i, (a, b) in enumerate(zip(row_trl, row_ours, strict=True)) if a != b]
-            starts = [i for i in range(1, len(row_ours)) if row_ours[i] != prepare.IGNORE
-                      and row_ours[i - 1] == prepare.IGNORE]
-            assert differ == [i - 1 for i in starts] and all(row_trl[i] != prepare.IGNORE for i in differ)
-            assert {ours[4].decode([row_trl[i]]) for i in differ} == {"\n"}
+            if name in EXACT:
+                assert row_ours == row_trl
+                continue
+            only_trl = runs([a if b == prepare.IGNORE else prepare.IGNORE for a, b in zip(row_trl, row_ours,
+                                                                                           strict=True)])
+            only_ours = runs([b if a == prepare.IGNORE else prepare.IGNORE for a, b in zip(row_trl, row_ours,
+                                                                                            strict=True)])
+            assert not only_ours or name == "diffusion_gemma", name  # never less than TRL, but for Gemma 4's tools
+            for extra, other in ((only_trl, row_ours), (only_ours, row_trl)):
+                edges = {edge for span in runs(other) for edge in span}
+                assert all(end in edges or start in edges for start, end in extra), name  # next to a turn
 
 
 # --- the families TRL does not patch: each answer and its end-of-turn text, three times a conversation -----------
@@ -215,3 +245,78 @@ def test_three_exchange_conversations_train_every_answer_through_the_cli(templat
                                                  "gemma2": "<end_of_turn>\n", "qwen-3": "<|im_end|>\n"}[template]
     opens = "<think>\n\n</think>\n\n" if template == "qwen-3" else ""
     assert stats["samples"] == 80 and stats["trained_tokens"] == expected_trained_tokens(text, end, opens)
+
+
+# --- LLaMA-Factory's system and history columns ------------------------------------------------------------------
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+ALPACA_WITH_HISTORY = [{"system": "You are exact.", "instruction": "Both, in one line.", "input": "",
+                        "output": f"Animal: {animal}. Colour: {colour}.",
+                        "history": [[f"Name the animal.\nA {colour} {animal} sits.", f"Animal: {animal}."],
+                                    ["And its colour?", f"Colour: {colour}."]]}
+                       for animal, colour in [("fox", "red"), ("owl", "grey"), ("cat", "black")] * 4]
+
+
+@pytest.mark.parametrize("mask_history", [False, True])
+def test_alpaca_history_becomes_a_conversation_whose_earlier_answers_train(mask_history: bool, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLaMA-Factory trains the history's answers too unless mask_history; its system prompt leads the conversation."""
+    from transformers import AutoTokenizer
+
+    source = write_rows(tmp_path / "alpaca.jsonl", ALPACA_WITH_HISTORY)
+    template = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama").chat_template
+    _, _, _, prepared, tokenizer = labels_of(template, source, tmp_path, monkeypatch, "data.format=alpaca",
+                                             "data.val_size=0", "eval.before_after=false",
+                                             f"data.mask_history={str(mask_history).lower()}")
+    row, sample = ALPACA_WITH_HISTORY[0], prepared.train[0]
+    text = tokenizer.decode(sample["input_ids"])
+    assert text.startswith("<|im_start|>system\nYou are exact.<|im_end|>\n<|im_start|>user\nName the animal.")
+    answers = [answer for _, answer in row["history"]] + [row["output"]]
+    expected = answers[-1:] if mask_history else answers
+    assert trained_runs(sample["input_ids"], sample["labels"], tokenizer) == [f"{a}<|im_end|>\n" for a in expected]
+
+
+def test_sharegpt_system_column_leads_the_conversation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    rows = [{"system": "You are exact.", "conversations": [{"from": "human", "value": "Name the animal."},
+                                                           {"from": "gpt", "value": "Animal: fox."}]}] * 8
+    template = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama").chat_template
+    _, _, _, prepared, tokenizer = labels_of(template, write_rows(tmp_path / "sharegpt.jsonl", rows), tmp_path,
+                                             monkeypatch, "data.val_size=0", "eval.before_after=false")
+    assert tokenizer.decode(prepared.train[0]["input_ids"]).startswith("<|im_start|>system\nYou are exact.<|im_end|>")
+
+
+@pytest.mark.parametrize("history,problem", [
+    ("a string", "sample 0: its 'history' is not a list of [question, answer] pairs of text"),
+    ([["only a question"]], "sample 0: its 'history' is not a list of [question, answer] pairs of text"),
+])
+def test_a_misshapen_history_is_named_before_any_model_import(history, problem: str, tmp_path: Path) -> None:  # noqa: ANN001
+    source = write_rows(tmp_path / "bad.jsonl", [{**ALPACA_WITH_HISTORY[0], "history": history}])
+    run = to_runconfig(compose("experiment=quickstart", f"data.source={source}", "data.format=alpaca"))
+    with pytest.raises(ConfigError) as refused:
+        data_lib.read(run.data)
+    assert refused.value.line().startswith(f"error: data.source: {problem}")
+
+
+@pytest.mark.parametrize("columns,line", [
+    ("{roles_to_train: [assistant], train_on_eos: turn}", None),  # what this pipeline does: accepted
+    ("{roles_to_train: [gpt]}", None),
+    ("{roles_to_train: [user, assistant]}", "error: data.columns.roles_to_train: ['user', 'assistant']: only the "
+                                            "assistant's turns train here (not ['user'])"),
+    ("{train_on_eos: last}", "error: data.columns.train_on_eos: 'last': every trained turn ends with its end-of-turn "
+                             "token here (axolotl's 'turn')"),
+])
+def test_axolotls_chat_template_keys_are_read_or_refused_by_name(columns: str, line: str | None) -> None:
+    """Checked with the config, before any data is read."""
+    if line is None:
+        run = to_runconfig(compose("experiment=quickstart", f"data.columns={columns}"))
+        assert len(data_lib.read(run.data).dataset) == 80
+        return
+    with pytest.raises(ConfigError) as refused:
+        to_runconfig(compose("experiment=quickstart", f"data.columns={columns}"))
+    assert refused.value.line().startswith(line)

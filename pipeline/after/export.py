@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.after import reference
 from pipeline.after.finished import FinishedRun
+from pipeline.data.turns import end_of_turn
 from pipeline.errors import ConfigError
 from pipeline.outputs.rundir import write_atomically
 
@@ -54,8 +55,14 @@ def export(run: FinishedRun, settings: Any) -> dict:
 
 def export_adapter(run: FinishedRun, staging: Path) -> dict:
     """The adapter with its tokenizer and chat template, as PEFT loads it (`PeftModel.from_pretrained`)."""
+    from transformers import AutoTokenizer
+
     shutil.copytree(run.adapter, staging)
-    return {"files": sorted(p.name for p in staging.iterdir())}
+    figures = {"files": sorted(p.name for p in staging.iterdir()),
+               "template_renders_as_trained": reference.renders_as_trained(AutoTokenizer.from_pretrained(staging),
+                                                                           reference.read(run.adapter) or {})}
+    check_template(figures)
+    return figures
 
 
 def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
@@ -68,6 +75,10 @@ def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
         raise ConfigError("run", f"{run.adapter} has no {reference.REFERENCE_FILE} (a run from before exports were "
                           "verified)", "train it again to export it verified, or use export.format=adapter")
     samples = record["samples"]
+    staging.mkdir(parents=True)
+    AutoTokenizer.from_pretrained(run.adapter).save_pretrained(staging)  # the run's tokenizer and chat template
+    served = reference.renders_as_trained(AutoTokenizer.from_pretrained(staging), record)
+    check_template({"template_renders_as_trained": served})  # before anything is merged
     reproduced = reproduce_training(run, samples)
     name, revision = run.base_16bit()  # never a 4-bit checkpoint: merged weights would carry its rounding
     base = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32,
@@ -81,7 +92,6 @@ def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
     changed = sum(1 for name, (index, before) in probes.items()
                   if not torch.equal(merged.get_submodule(name).weight.detach().flatten()[index], before))
     merged.to(getattr(torch, dtype_name)).save_pretrained(staging, safe_serialization=True)
-    AutoTokenizer.from_pretrained(run.adapter).save_pretrained(staging)  # with the run's chat template
     del merged, with_adapter, base
 
     written = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32).eval()
@@ -100,13 +110,22 @@ def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
         "recorded_base_loss": reference.mean(record["base"]),
         "token_loss_gap": reference.mean_gap(losses, record["trained"]),
         "token_loss_tolerance": reference.tolerance(record, base_now),
+        "template_renders_as_trained": served,
     }
     check(figures)
     return figures
 
 
+def check_template(figures: dict) -> None:
+    if figures["template_renders_as_trained"] is False:
+        raise ConfigError("run", "the exported tokenizer's chat template renders the run's held-out conversation "
+                          "otherwise than training did: the model would be served another template than it learned",
+                          "restore the run's adapter/chat_template.jinja (and tokenizer files), or retrain")
+
+
 def check(figures: dict) -> None:
-    """The export's three self-checks; the first that fails is the one line the user sees."""
+    """The export's self-checks; the first that fails is the one line the user sees."""
+    check_template(figures)
     if figures["logits_max_abs_diff"] > figures["logits_tolerance"]:
         raise ConfigError("export", f"the merged model's logits differ from base + adapter by "
                           f"{figures['logits_max_abs_diff']:.3g} (tolerance {figures['logits_tolerance']:.3g})",
@@ -238,11 +257,12 @@ def convert_to_gguf(merged_dir: Path, quantization: str, run: FinishedRun) -> di
     figures = read_back(out, merged_dir, quantization)
     for weights in merged_dir.glob("*.safetensors"):
         weights.unlink()  # the GGUF holds them
-    eos = figures.pop("eos_token")
+    stops = [s for s in dict.fromkeys([figures.pop("end_of_turn"), figures.pop("eos_token")]) if s]
     write_atomically(merged_dir / "Modelfile", f"FROM ./{out.name}\n"
-                     "# Ollama takes the chat template from the GGUF (tokenizer.chat_template, the run's own)\n"
-                     + (f'PARAMETER stop "{eos}"\n' if eos else ""))
-    return {"gguf": out.name, "quantization": quantization, **figures}
+                     "# Ollama takes the chat template from the GGUF (tokenizer.chat_template, the run's own);\n"
+                     "# it stops where the template ends an answer's turn, and at the end of the text\n"
+                     + "".join(f'PARAMETER stop "{stop}"\n' for stop in stops))
+    return {"gguf": out.name, "quantization": quantization, "stops": stops, **figures}
 
 
 def tool(command: list[str], what: str) -> None:
@@ -282,7 +302,7 @@ def read_back(gguf_file: Path, merged_dir: Path, quantization: str) -> dict:
                "gguf_chat_template_is_the_runs": value("tokenizer.chat_template") == tokenizer.chat_template,
                "gguf_embedding_max_abs_diff": float(np.abs(got - expected).max()),
                "gguf_embedding_tolerance": GGUF_TOLERANCE[quantization] * float(np.abs(expected).max()),
-               "eos_token": tokenizer.eos_token}
+               "eos_token": tokenizer.eos_token, "end_of_turn": end_of_turn(tokenizer)}
     if figures["gguf_vocab"] != len(tokenizer) or not figures["gguf_chat_template_is_the_runs"]:
         raise ConfigError("export.format", f"the GGUF read back holds {figures['gguf_vocab']} tokens for the "
                           f"tokenizer's {len(tokenizer)}, chat template the run's: "

@@ -1,6 +1,7 @@
 """What a run records at its end so that an export can prove it carries the trained model: a few held-out samples
 (token ids and loss labels), the loss of each of their trained tokens under the trained model and under its base
-(adapter off), and the dtype the logits came out in.
+(adapter off), the dtype the logits came out in, and a held-out conversation with the text the chat template made of
+it in training (an export, its GGUF and `generate` must render it the same: the template served is the one trained).
 
 An export whose per-token losses are not the recorded ones was merged from a changed adapter or onto another base.
 How near is near enough depends on the numerics of the two sides: on a GPU Unsloth's model gives its logits in bf16
@@ -84,6 +85,26 @@ def reproduction_tolerance(reference: dict, reproduced: Scored) -> float:
     was: float32), and never less than REPRODUCE_FLOOR."""
     u = UNIT_ROUNDOFF[reference.get("logits_dtype", "float32")] + UNIT_ROUNDOFF[reproduced.logits_dtype]
     return max(REPRODUCE_FLOOR, u * mean(reproduced.sensitivity))
+
+
+def template_probe(tokenizer: Any, conversation: dict | None) -> dict:
+    """A held-out conversation and the text the run's chat template rendered of it (nothing for text data)."""
+    if conversation is None:
+        return {}
+    from pipeline.data.turns import render
+
+    rendered = render(tokenizer, conversation["messages"], conversation.get("tools"))
+    return {"conversation": conversation, "rendered": rendered}
+
+
+def renders_as_trained(tokenizer: Any, reference: dict) -> bool | None:
+    """Whether `tokenizer` renders the recorded conversation byte for byte as training did (None: nothing recorded)."""
+    if "conversation" not in reference:
+        return None
+    from pipeline.data.turns import render
+
+    conversation = reference["conversation"]
+    return render(tokenizer, conversation["messages"], conversation.get("tools")) == reference["rendered"]
 
 
 def mean(values: list[float]) -> float:

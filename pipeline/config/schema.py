@@ -83,6 +83,7 @@ class DataConfig:
     format: str = one_of("auto", "auto", "messages", "alpaca", "sharegpt", "text", "prompt_completion")
     columns: Any = None  # a mapping; typed Any because OmegaConf cannot merge a dict into an Optional[Dict]
     loss_on: str = one_of("responses", "responses", "all")
+    mask_history: bool = False
     val_size: float = checked(0.0, lambda v: v >= 0, "must be 0, a fraction in (0, 1) or a count", "0.1")
     eval_source: Any = None
     max_samples: Optional[int] = at_least(1, None, "1000", nullable="all samples")

@@ -14,6 +14,27 @@ from omegaconf.errors import InterpolationResolutionError
 from pipeline.config.schema import AfterConfig, TrainConfig
 from pipeline.errors import ConfigError, did_you_mean
 
+# axolotl's chat_template dataset keys, which people bring along in data.columns: what they ask is what this pipeline
+# does (assistant turns, each with its end-of-turn token), or it is refused by name
+AXOLOTL_KEYS = {"roles_to_train": ("assistant",), "train_on_eos": ("turn",)}
+ASSISTANT_NAMES = ("assistant", "gpt", "model", "bot", "chatbot")
+
+
+def check_axolotl_keys(columns: dict) -> None:
+    """axolotl's `roles_to_train` and `train_on_eos`: accepted where they ask what the pipeline does (the assistant's
+    turns train, each with its end-of-turn token: `[assistant]`, `turn`), else refused naming the key."""
+    roles = columns.get("roles_to_train")
+    if roles is not None:
+        names = [roles] if isinstance(roles, str) else list(roles)
+        others = [r for r in names if r not in ASSISTANT_NAMES]
+        if not names or others:
+            raise ConfigError("data.columns.roles_to_train", f"{names}: only the assistant's turns train here "
+                              f"(not {others or 'none'})", "drop it, or train every token with data.loss_on=all")
+    eos = columns.get("train_on_eos")
+    if eos is not None and eos not in AXOLOTL_KEYS["train_on_eos"]:
+        raise ConfigError("data.columns.train_on_eos", f"'{eos}': every trained turn ends with its end-of-turn token "
+                          "here (axolotl's 'turn')", "drop it, or use train_on_eos: turn")
+
 
 def _nested_schema(field: dataclasses.Field) -> Any:
     """The dataclass type a field holds, or None for a plain value."""
@@ -118,7 +139,10 @@ def _validate_combinations(cfg: DictConfig) -> None:
         raise ConfigError("data.max_length", f"{cfg.data.max_length} is above model.max_seq_length "
                           f"({cfg.model.max_seq_length})", "lower data.max_length or raise model.max_seq_length")
     columns = cfg.data.columns
-    if columns is not None and not (isinstance(columns, DictConfig)
+    if isinstance(columns, DictConfig):
+        check_axolotl_keys(columns)
+        columns = {k: v for k, v in columns.items() if k not in AXOLOTL_KEYS}
+    if columns is not None and not (isinstance(columns, dict | DictConfig)
                                     and all(isinstance(v, str) for v in columns.values())):
         raise ConfigError("data.columns", f"{columns} is not a mapping of column names",
                           "write it as data.columns={instruction: question, output: answer} (format name: yours)")

@@ -28,7 +28,9 @@ FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input",), "messages": (tools.TOOLS,), "sharegpt": (tools.TOOLS,)}  # when present
+# read when present: LLaMA-Factory's `system` (sharegpt, alpaca), `history` (alpaca: earlier [question, answer])
+FORMAT_OPTIONAL_COLUMNS = {"alpaca": ("input", "system", "history"), "messages": (tools.TOOLS,),
+                           "sharegpt": (tools.TOOLS, "system")}
 MEDIA_COLUMNS = ("images", "image", "audios", "audio", "videos", "video")
 TRAINED_TURNS = "trained_turns"  # column: one bool per assistant turn, read by prepare.apply_turn_flags
 log = logging.getLogger(__name__)
@@ -110,11 +112,40 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _alpaca_to_prompt_completion(row: dict) -> dict:
+def _alpaca_question(row: dict) -> str:
     instruction, input_ = _text(row["instruction"]), _text(row.get("input"))
-    user = f"{instruction}\n\n{input_}" if input_ else instruction
-    return {"prompt": [{"role": "user", "content": user}],
+    return f"{instruction}\n\n{input_}" if input_ else instruction
+
+
+def _alpaca_to_prompt_completion(row: dict) -> dict:
+    return {"prompt": [{"role": "user", "content": _alpaca_question(row)}],
             "completion": [{"role": "assistant", "content": _text(row["output"])}]}
+
+
+def _system_message(row: dict, index: int) -> list[dict]:
+    """LLaMA-Factory's `system` column as the conversation's first message (none when empty)."""
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ConfigError("data.source", f"sample {index}: its 'system' is a {type(system).__name__}, not text",
+                          "give the system prompt as a string, or drop the column")
+    return [{"role": "system", "content": system}] if system else []
+
+
+def _alpaca_to_messages(row: dict, index: int, mask_history: bool) -> dict:
+    """LLaMA-Factory's alpaca with `system` and `history` ([[question, answer], ...] before this one): a conversation
+    whose earlier answers train too (LLaMA-Factory's default), or are context only with data.mask_history=true."""
+    history = row.get("history") or []
+    if not isinstance(history, list) or any(not isinstance(pair, list) or len(pair) != 2 or
+                                            not all(isinstance(x, str) for x in pair) for pair in history):
+        raise ConfigError("data.source", f"sample {index}: its 'history' is not a list of [question, answer] pairs of "
+                          "text", 'write it as [["an earlier question", "its answer"], ...], or drop the column')
+    earlier = [{"role": "assistant", "content": answer, **({"train": False} if mask_history else {})}
+               for _, answer in history]
+    messages = _system_message(row, index)
+    for (question, _), answer in zip(history, earlier, strict=True):
+        messages += [{"role": "user", "content": question}, answer]
+    return {"messages": messages + [{"role": "user", "content": _alpaca_question(row)},
+                                    {"role": "assistant", "content": _text(row["output"])}]}
 
 
 def content_text(content: Any) -> Any:
@@ -145,7 +176,9 @@ def _sharegpt_to_messages(row: dict, index: int) -> dict:
             message = {"role": "assistant", "content": "",
                        "tool_calls": tools.function_calls(content, f"sample {index}")}
         messages.append({**message, **{flag: turn[flag] for flag in TURN_FLAGS if turn.get(flag) is not None}})
-    return {"messages": messages}
+    if messages and messages[0]["role"] == "system":
+        return {"messages": messages}
+    return {"messages": _system_message(row, index) + messages}
 
 
 def has_generation_markers(tokenizer: Any) -> bool:
@@ -195,7 +228,7 @@ def _has_answer(row: dict) -> bool:
 
 
 def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
-              template: str = "the chat template") -> Datasets:
+              template: str = "the chat template", mask_history: bool = False) -> Datasets:
     """Rewrite rows into TRL's form (`template` names the chat template in errors): the rows as `train`, no `eval`."""
     columns = dataset.column_names
     responses = loss_on == "responses"
@@ -204,7 +237,10 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
                         False, False)
     if fmt == "prompt_completion":
         return Datasets(dataset.select_columns(["prompt", "completion"]), None, fmt, False, responses)
-    if fmt == "alpaca":
+    if fmt == "alpaca" and {"system", "history"} & set(columns):  # a conversation: trained turn by turn below
+        dataset = dataset.map(_alpaca_to_messages, with_indices=True, fn_kwargs={"mask_history": mask_history},
+                              remove_columns=columns, desc="Reading history")
+    elif fmt == "alpaca":
         dataset = dataset.map(_alpaca_to_prompt_completion, remove_columns=columns)
         if not responses:  # whole conversation trained: plain messages
             return Datasets(dataset.map(lambda r: {"messages": r["prompt"] + r["completion"]},
@@ -238,6 +274,16 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
         return Datasets(with_answer, None, fmt, True, False, dropped, tool_parts)
     # no markers, and TRL ships no marked version: every assistant turn's span is read off the template itself
     return Datasets(with_answer, None, fmt, False, False, dropped, tool_parts, template_turns=template)
+
+
+def held_out_conversation(datasets: Datasets) -> dict | None:
+    """The first held-out conversation (a training one without an eval split) as the chat template renders it in
+    training: its messages (a prompt with its completion) and tools; None for text and plain prompt/completion."""
+    rows = datasets.eval if datasets.eval is not None and len(datasets.eval) else datasets.train
+    row = rows[0]
+    messages = row.get("messages") or (row["prompt"] + row["completion"] if isinstance(row.get("prompt"), list)
+                                       else None)
+    return None if messages is None else {"messages": messages, tools.TOOLS: row.get(tools.TOOLS)}
 
 
 def eval_count(val_size: float, available: int) -> int:
@@ -289,6 +335,14 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
     """Required fields, then (conversations) every turn's role and content, and the tool calls and tools."""
     if fmt not in ("messages", "sharegpt"):
         check_rows(dataset, fmt, key)
+        if fmt == "alpaca" and {"system", "history"} & set(dataset.column_names):
+            for index, row in enumerate(dataset.select_columns([c for c in ("system", "history", "instruction",
+                                                                           "input", "output") if c in
+                                                                dataset.column_names])):
+                try:
+                    _alpaca_to_messages(row, index, False)
+                except ConfigError as error:
+                    raise ConfigError(key, error.problem, error.fix) from error
         return
     turns_column = dataset["messages" if fmt == "messages" else "conversations"]  # read once (slow for large data)
     check_rows(dataset, fmt, key, turns_column)
@@ -317,13 +371,13 @@ def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None, template
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
                           "set model.chat_template, e.g. model.chat_template=chatml")
     label = f"the chat template '{template}'" if template else "the tokenizer's own chat template"
-    normalized = normalize(dataset, fmt, data.loss_on, tokenizer, label)
+    normalized = normalize(dataset, fmt, data.loss_on, tokenizer, label, data.mask_history)
     dataset, dropped = normalized.train, normalized.dropped_without_answer
     if len(dataset) == 0:
         raise ConfigError("data.source", f"none of its {dropped} conversations has an assistant answer: nothing "
                           "to train on", "add assistant turns, or train on every token with data.loss_on=all")
     if raw.eval_dataset is not None:
-        held_out = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer, label)
+        held_out = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer, label, data.mask_history)
         train, evaluation, dropped = dataset, held_out.train, dropped + held_out.dropped_without_answer
     else:
         train, evaluation = split(dataset, data.val_size, seed)

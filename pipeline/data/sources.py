@@ -9,6 +9,7 @@ import glob
 import os
 from typing import Any
 
+from pipeline.config.validate import AXOLOTL_KEYS
 from pipeline.errors import ConfigError, first_line
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -47,7 +48,7 @@ def load_source(data: Any, source: Any = None, key: str = "data.source") -> Any:
     sources = source if isinstance(source, list) else [source]
     parts = [_load_one(str(s), data, key) for s in sources]
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(_aligned(parts, sources, key))
-    columns = {new: old for new, old in (data.columns or {}).items() if new not in TURN_FLAGS}
+    columns = {new: old for new, old in (data.columns or {}).items() if new not in (*TURN_FLAGS, *AXOLOTL_KEYS)}
     missing = {new: old for new, old in columns.items() if old not in dataset.column_names}
     if missing:
         new, old = next(iter(missing.items()))

@@ -35,6 +35,10 @@ class Unsplittable(Exception):
 
 
 def render(tokenizer: Any, messages: list[dict], tools: Any, generation_prompt: bool = False) -> str:
+    """The conversation as the chat template writes it (`tools` as a list, or as the JSON string a dataset keeps)."""
+    import json
+
+    tools = json.loads(tools) if isinstance(tools, str) else tools
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                          add_generation_prompt=generation_prompt)
 
@@ -45,6 +49,17 @@ def with_marks(messages: list[dict], before: bool = False) -> list[dict]:
             if m["role"] == "assistant" and m.get("content") else m for m in messages]
 
 
+def end_of_turn(tokenizer: Any) -> str | None:
+    """What the chat template writes after an answer, white space aside (`<|eot_id|>`, `<end_of_turn>`, `</s>`): the
+    text a server must stop at. None when it writes nothing there, or renders no plain conversation."""
+    probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!" + MARK}]
+    try:
+        text = render(tokenizer, probe, None)
+    except Exception:  # noqa: BLE001 - a template that refuses this conversation names no end of turn
+        return None
+    return text.split(MARK, 1)[-1].strip() or None if MARK in text else None
+
+
 def mark_positions(marked: str) -> list[int]:
     """Where each MARK stood in the rendering with the marks removed."""
     positions, found = [], marked.find(MARK)
@@ -52,6 +67,21 @@ def mark_positions(marked: str) -> list[int]:
         positions.append(found - len(positions))
         found = marked.find(MARK, found + 1)
     return positions
+
+
+def common_length(a: str, b: str) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def token_start(encoding: Any, position: int) -> int:
+    """`position`, moved back to the start of the token it falls inside."""
+    token = encoding.char_to_token(position)
+    return position if token is None else encoding.token_to_chars(token)[0]
 
 
 def common_tokens_end(tokenizer: Any, full: str, encoding: Any, at_full: int, other: str, at_other: int) -> int:
@@ -95,16 +125,14 @@ def char_spans(tokenizer: Any, messages: list[dict], tools: Any, full: str, enco
             if content_start is None:
                 marked = render(tokenizer, with_marks(messages, before=True), tools)
                 content_start = dict(zip(answered, mark_positions(marked), strict=False))
-            if i not in content_start:
-                raise Unsplittable(f"the conversation up to message {i}, with the generation prompt, is not how the "
-                                   "whole conversation begins, and the message has no text to find it by")
-            start = content_start[i]
+            # a message with no text (a tool call alone) starts where the two renderings part, on a token boundary
+            start = content_start[i] if i in content_start else token_start(encoding, common_length(full, prompt))
         marked_through = render(tokenizer, with_marks(messages[:i + 1]), tools)
         through = marked_through.replace(MARK, "")
         if i in content_end:  # compare what follows the answer's own text: its end-of-turn text, then the rest
             at_full, at_through = content_end[i], mark_positions(marked_through)[-1]
-        elif through.startswith(prompt):  # no text (a tool call alone): compare from the generation prompt on
-            at_full = at_through = len(prompt)
+        elif through[:start] == full[:start]:  # no text (a tool call alone): compare from where the turn starts
+            at_full = at_through = start
         else:
             raise Unsplittable(f"message {i} does not follow its own generation prompt")
         end = common_tokens_end(tokenizer, full, encoding, at_full, through, at_through)
@@ -131,7 +159,7 @@ def labels_for(tokenizer: Any, messages: list[dict], tools: Any, input_ids: list
     """The labels of one tokenized conversation: its ids on the assistant turns' tokens, IGNORE elsewhere."""
     import json
 
-    tools = json.loads(tools) if isinstance(tools, str) else tools
+    tools = json.loads(tools) if isinstance(tools, str) else tools  # parsed once for the renderings below
     full = render(tokenizer, messages, tools)
     encoding = tokenizer(full, add_special_tokens=False)
     if encoding["input_ids"] != list(input_ids):

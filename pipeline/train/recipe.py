@@ -59,6 +59,7 @@ class Data:
     datasets: formats.Datasets
     prepared: prepare.Prepared
     source_format: str
+    conversation: dict | None = None  # a held-out conversation, as the template rendered it for training
 
 
 @dataclass
@@ -216,7 +217,7 @@ def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> 
                           "trainer.gradient_accumulation_steps, or give more data")
     # already tokenized and masked: the trainer keeps the labels and skips its own preparation
     datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, tools=built.tools)
-    return Data(tokenizer, datasets, prepared, built.format)
+    return Data(tokenizer, datasets, prepared, built.format, formats.held_out_conversation(built))
 
 
 def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: Precision, data: Data) -> Model:
@@ -340,7 +341,7 @@ def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
     from pipeline.after import reference
 
     samples = reference.pick_samples(data.datasets.eval if data.datasets.eval is not None else data.datasets.train)
-    record = reference.record(trainer.model, samples)
+    record = {**reference.record(trainer.model, samples), **reference.template_probe(data.tokenizer, data.conversation)}
     data.tokenizer.padding_side = "right"  # Unsloth's GPU trainer leaves it "left" (inference mode)
     run_dir.save_adapter(trainer.model, data.tokenizer, {reference.REFERENCE_FILE: json.dumps(record)})
 
