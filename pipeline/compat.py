@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -91,6 +92,14 @@ def unsloth_16bit_name(name: str) -> str | None:
     """The 16-bit checkpoint Unsloth's own loader takes for a pre-quantized repo name when asked for 16 bits
     (`load_in_4bit=False` in `loader_utils.__get_model_name`: its INT_TO_FLOAT_MAPPER, then MAP_TO_UNSLOTH_16bit);
     None for a name its tables do not know. mapper.py holds only the tables and imports nothing."""
+    tables = unsloth_name_tables()
+    lower = name.lower()
+    return tables["INT_TO_FLOAT_MAPPER"].get(lower) or tables["MAP_TO_UNSLOTH_16bit"].get(lower) if tables else None
+
+
+@functools.cache
+def unsloth_name_tables() -> dict[str, Any] | None:
+    """unsloth/models/mapper.py, executed once (None without Unsloth)."""
     spec = importlib.util.find_spec("unsloth")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -99,8 +108,7 @@ def unsloth_16bit_name(name: str) -> str | None:
         return None
     tables: dict[str, Any] = {}
     exec(compile(path.read_text(), str(path), "exec"), tables)
-    lower = name.lower()
-    return tables["INT_TO_FLOAT_MAPPER"].get(lower) or tables["MAP_TO_UNSLOTH_16bit"].get(lower)
+    return tables
 
 
 def loaded_repo(model: Any) -> str | None:

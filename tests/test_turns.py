@@ -320,3 +320,13 @@ def test_axolotls_chat_template_keys_are_read_or_refused_by_name(columns: str, l
     with pytest.raises(ConfigError) as refused:
         to_runconfig(compose("experiment=quickstart", f"data.columns={columns}"))
     assert refused.value.line().startswith(line)
+
+
+def test_mask_history_without_a_history_column_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from transformers import AutoTokenizer
+
+    template = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama").chat_template
+    labels_of(template, "tiny_messages.jsonl", tmp_path, monkeypatch, "data.mask_history=true")
+    assert "data: data.mask_history is not used: it applies to alpaca rows with a history column, and this messages " \
+           "data has none" in caplog.messages

@@ -232,6 +232,9 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
     """Rewrite rows into TRL's form (`template` names the chat template in errors): the rows as `train`, no `eval`."""
     columns = dataset.column_names
     responses = loss_on == "responses"
+    if mask_history and not (fmt == "alpaca" and "history" in columns):
+        log.warning("data: data.mask_history is not used: it applies to alpaca rows with a history column, and this "
+                    "%s data has none", fmt)
     if fmt == "text":
         return Datasets(dataset.select_columns(["text"]).map(lambda r: {"text": _text(r["text"])}), None, fmt,
                         False, False)
