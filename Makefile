@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 UNSLOTH_VERSION := 2026.10.9
+AXOLOTL_VERSION := 0.19.0
 STAMP := $(VENV)/.installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
@@ -27,6 +28,8 @@ else
 	# Unsloth's CPU backend: without its GPU-only dependencies, which cannot install or run here
 	$(PY) -m pip install -q --no-deps unsloth==$(UNSLOTH_VERSION) unsloth_zoo==$(UNSLOTH_VERSION)
 endif
+	# test fixtures, not installed: the models' published chat templates (Mistral v0.3 / NeMo, Gemma 2) as axolotl ships them
+	$(PY) -m pip download -q --no-deps --dest $(VENV)/published axolotl==$(AXOLOTL_VERSION)
 	# llama.cpp's HF -> GGUF converter, from PyPI (export.format=gguf); a failed download only warns
 	$(PY) tools/get_llama_cpp.py --optional
 	touch $(STAMP)

@@ -381,7 +381,8 @@ def test_a_template_that_cannot_render_is_one_line(tmp_path: Path, home: Path) -
                      f"hydra.run.dir={tmp_path / 'run'}", home=home)
     assert result.returncode == 2
     assert error_lines(result.stderr) == ["error: model.chat_template: the chat template cannot render a train sample: "
-                                          "System role not supported. Use a template that fits the data's roles."]
+                                          "System role not supported. Use a template that fits the data, or fix "
+                                          "the samples it refuses."]
 
 
 MULTI_TURN = [

@@ -121,16 +121,18 @@ def unsloth_template(name: str) -> str:
     return get_chat_template(tokenizer, chat_template=name, map_eos_token=False).chat_template
 
 
-# in the style of Mistral v0.3's published template: the system prompt goes before the *last* question, so the
-# conversation up to an earlier answer renders otherwise than the whole conversation begins
-MISTRAL_STYLE = (
-    "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else none %}"
-    "{%- set turns = messages[1:] if system else messages %}"
-    "{%- set ns = namespace(last=-1) %}{%- for m in turns %}{%- if m['role'] == 'user' %}"
-    "{%- set ns.last = loop.index0 %}{%- endif %}{%- endfor %}{{- bos_token }}"
-    "{%- for m in turns %}{%- if m['role'] == 'user' %}{{- '[INST] ' }}"
-    "{%- if system and loop.index0 == ns.last %}{{- system + '\\n\\n' }}{%- endif %}{{- m['content'] + '[/INST]' }}"
-    "{%- else %}{{- ' ' + m['content'] + eos_token }}{%- endif %}{%- endfor %}")
+def published_template(name: str) -> str:
+    """A model's published chat template as axolotl ships it (axolotl/utils/chat_templates/templates/<name>.jinja in
+    the wheel `make setup` downloads, pinned, and does not install): mistral_v2v3 is Mistral-7B-Instruct-v0.3's,
+    mistral_v3_tekken Mistral-Nemo-Instruct-2407's, gemma Gemma 2's (and Gemma 1's); axolotl's copies also read
+    content given as parts, and render plain strings exactly as the originals."""
+    import zipfile
+
+    wheels = sorted((REPO / ".venv" / "published").glob("axolotl-*.whl"))
+    assert wheels, "the published templates are missing: run `make setup`"
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        return wheel.read(f"axolotl/utils/chat_templates/templates/{name}.jinja").decode()
+
 
 FAMILIES = {  # template -> (its text, what follows each answer in a trained span)
     "unsloth llama-3.1": (lambda: unsloth_template("llama-3.1"), "<|eot_id|>"),
@@ -139,8 +141,20 @@ FAMILIES = {  # template -> (its text, what follows each answer in a trained spa
     "unsloth qwen-3": (lambda: unsloth_template("qwen-3"), "<|im_end|>\n"),
     "Llama 3.1's own (TRL's copy)": (lambda: trl_file("llama3_1"), "<|eot_id|>"),
     "Llama 3.2's own (TRL's copy)": (lambda: trl_file("llama3_2"), "<|eot_id|>"),
-    "Mistral v0.3 style": (lambda: MISTRAL_STYLE, "<|im_end|>"),
-}  # (Qwen 3's and Gemma's own templates are ones TRL ships marked versions of: test_masks_read_off_...trls_own)
+    # Mistral v0.3 writes the system prompt before the *last* question: the conversation up to an earlier answer
+    # renders otherwise than the whole conversation begins
+    "Mistral v0.3's own": (lambda: published_template("mistral_v2v3"), "<|im_end|>"),  # the tokenizer's eos
+    "Mistral NeMo's own": (lambda: published_template("mistral_v3_tekken"), "<|im_end|>"),
+    "Gemma 2's own": (lambda: published_template("gemma"), "<end_of_turn>\n"),  # refuses a system turn
+}  # (Qwen 3's and Gemma 3's own templates are ones TRL ships marked versions of: test_masks_read_off_...trls_own)
+NO_SYSTEM = {"Gemma 2's own"}
+
+
+def without_system(tmp_path: Path) -> Path:
+    """tiny_multiturn.jsonl without its system turns, for templates that refuse one."""
+    rows = [json.loads(line) for line in (DATA / "tiny_multiturn.jsonl").read_text().splitlines()]
+    return Path(write_rows(tmp_path / "no_system.jsonl", [
+        {"messages": [m for m in row["messages"] if m["role"] != "system"]} for row in rows]))
 
 
 def answers_of(row: dict) -> list[str]:
@@ -162,8 +176,9 @@ def trained_runs(input_ids: list[int], labels: list[int], tokenizer) -> list[str
 def test_every_answer_of_a_three_exchange_conversation_trains(family: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     template, end = FAMILIES[family][0](), FAMILIES[family][1]
-    rows = [json.loads(line) for line in (DATA / "tiny_multiturn.jsonl").read_text().splitlines()]
-    _, _, marked, prepared, tokenizer = labels_of(template, "tiny_multiturn.jsonl", tmp_path, monkeypatch,
+    source = without_system(tmp_path) if family in NO_SYSTEM else DATA / "tiny_multiturn.jsonl"
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    _, _, marked, prepared, tokenizer = labels_of(template, str(source), tmp_path, monkeypatch,
                                                   "data.val_size=0", "eval.before_after=false")
     assert marked is False  # no TRL markers: read off the template
     for row, sample in zip(rows, prepared.train, strict=True):
@@ -172,6 +187,57 @@ def test_every_answer_of_a_three_exchange_conversation_trains(family: str, tmp_p
         if family.endswith("qwen-3"):  # the last answer opens with an empty think block
             expected[-1] = "<think>\n\n</think>\n\n" + expected[-1]
         assert [run.strip(" ") for run in runs] == expected, family
+
+
+@pytest.mark.parametrize("name", ["mistral_v2v3", "mistral_v3_tekken"])
+def test_tool_call_turns_train_on_mistrals_own_templates(name: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mistral renders a call as `[TOOL_CALLS] [{..., "id": ...}]</s>`, and needs ids of nine characters: with them,
+    the call and the answer after the tool's result train, each with its end of turn; without them, one line."""
+    rows = [json.loads(line) for line in (DATA / "tiny_tools.jsonl").read_text().splitlines()]
+    line = labels_of(published_template(name), "tiny_tools.jsonl", tmp_path / "bare", monkeypatch)
+    assert line == ("error: model.chat_template: the chat template cannot render a train sample: Tool call IDs "
+                    "should be alphanumeric strings with length 9!. Use a template that fits the data, or fix the "
+                    "samples it refuses.")
+    for row in rows:
+        for turn in row["messages"]:
+            for call in turn.get("tool_calls") or []:
+                call["id"] = "call00001"
+            if turn["role"] == "tool":
+                turn["tool_call_id"] = "call00001"
+    source = write_rows(tmp_path / "with_ids.jsonl", rows)
+    _, _, marked, prepared, tokenizer = labels_of(published_template(name), source, tmp_path, monkeypatch,
+                                                  "data.val_size=0", "eval.before_after=false",
+                                                  "model.max_seq_length=1024")  # the tool list precedes a question
+    assert marked is False
+    calls = 0
+    for row, sample in zip(rows, prepared.train, strict=True):
+        runs = trained_runs(sample["input_ids"], sample["labels"], tokenizer)
+        turns = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert len(runs) == len(turns)
+        for run, turn in zip(runs, turns, strict=True):
+            if turn.get("tool_calls"):
+                calls += 1
+                names = [c["function"]["name"] for c in turn["tool_calls"]]
+                assert run.startswith("[TOOL_CALLS]") and run.endswith('"id": "call00001"}]<|im_end|>'), run
+                assert all(f'"name": "{n}"' in run for n in names)
+            else:
+                assert run.strip(" ") == turn["content"] + "<|im_end|>"
+    assert calls >= len(rows) // 2  # most samples call a tool
+
+
+@pytest.mark.parametrize("source", CONVERSATIONAL)
+@pytest.mark.parametrize("name", TRL_TRAINING)
+def test_a_template_trl_can_patch_trains_on_trls_own_masks(name: str, source: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokenizer whose template is one TRL patches (its original, without markers) trains on TRL's masks: the
+    pipeline swaps in TRL's marked copy, and TRL's tokenization builds the masks from its markers."""
+    ours = labels_of(trl_file(name), source, tmp_path / "original", monkeypatch)
+    trl = labels_of(trl_file(f"{name}_training"), source, tmp_path / "marked", monkeypatch)
+    if isinstance(trl, str):
+        assert ours == trl
+        return
+    assert ours[2] is True and ours[0] == trl[0] and ours[1] == trl[1]
 
 
 def test_per_turn_flags_keep_working_without_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

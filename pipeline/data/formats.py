@@ -257,6 +257,7 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
     flagged, in_parts = _flags_and_parts(conversations)
     if in_parts:
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
+    marked = responses and use_training_template(tokenizer)  # first: what is checked is the template that trains
     tool_parts = tuple(tools.used(conversations, dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else None))
     if tool_parts:  # what the template must render: checked before a token is made
         tools.check_renders(tokenizer, tool_parts, template)
@@ -273,7 +274,7 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
     dropped = len(dataset) - len(with_answer)
     if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
         with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
-    if use_training_template(tokenizer):  # TRL's masks, from the template's {% generation %} markers
+    if marked:  # TRL's masks, from the template's {% generation %} markers
         return Datasets(with_answer, None, fmt, True, False, dropped, tool_parts)
     # no markers, and TRL ships no marked version: every assistant turn's span is read off the template itself
     return Datasets(with_answer, None, fmt, False, False, dropped, tool_parts, template_turns=template)

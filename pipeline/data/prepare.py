@@ -77,7 +77,8 @@ def tokenize_with_trl(dataset: Any, tokenizer: Any, datasets: Datasets, name: st
                                      num_proc=processes(num_proc, len(dataset)))
     except TemplateError as error:
         raise ConfigError("model.chat_template", f"the chat template cannot render a {name} sample: "
-                          f"{first_line(error)}", "use a template that fits the data's roles") from error
+                          f"{first_line(error)}", "use a template that fits the data, or fix the samples it refuses"
+                          ) from error
     except RuntimeError as error:
         if "no assistant tokens" not in str(error):
             raise

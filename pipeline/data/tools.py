@@ -23,6 +23,7 @@ CALL_ROLE, RESULT_ROLE = "function_call", "observation"  # sharegpt's names for 
 # what tool-calling data can ask a template to render, in words
 PARTS = {"tools": "the tool definitions (tools=)", "calls": "the assistant's tool calls", "results": "tool results"}
 _PROBE_TOOL, _PROBE_CALL, _PROBE_RESULT = "probe_tool_zq", "probe_call_zq", "probe_result_zq"
+_PROBE_ID = "probezq01"
 
 
 def _json(value: Any, what: str, where: str) -> Any:
@@ -45,7 +46,10 @@ def tool_call(call: Any, where: str) -> dict:
     if not isinstance(arguments, dict):
         raise ConfigError("data.source", f"{where}: the arguments of tool call '{function['name']}' are "
                           f"{type(arguments).__name__}, not an object", 'write them as {"name": value, ...}')
-    return {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    written = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if isinstance(call, dict) and isinstance(call.get("id"), str):  # Mistral's templates render (and require) it
+        written["id"] = call["id"]
+    return written
 
 
 def function_calls(value: Any, where: str) -> list[dict]:
@@ -108,9 +112,10 @@ def features(dataset: Any) -> Any:
 
 def check_renders(tokenizer: Any, parts: list[str], template: str) -> None:
     """Refuse a chat template that drops (or cannot render) what the tool-calling data holds, naming the template."""
-    probe = [{"role": "user", "content": "hi"},
-             {"role": "assistant", "content": "", "tool_calls": [tool_call({"name": _PROBE_CALL}, "probe")]},
-             {"role": "tool", "content": _PROBE_RESULT}, {"role": "assistant", "content": "ok"}]
+    call = tool_call({"name": _PROBE_CALL, "id": _PROBE_ID}, "probe")  # an id of nine characters, as Mistral needs
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+             {"role": "tool", "content": _PROBE_RESULT, "tool_call_id": _PROBE_ID},
+             {"role": "assistant", "content": "ok"}]
     tool = {"type": "function", "function": {"name": _PROBE_TOOL, "description": "a probe",
                                              "parameters": {"type": "object", "properties": {}}}}
     fix = ("use a template that renders tools, e.g. the model's own Qwen 2.5/3 or Llama 3.1+ template, or remove "
