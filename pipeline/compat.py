@@ -2,6 +2,8 @@
 
 - TRL's `SFTTrainer._prepare_dataset` (tokenize + masks), taken from TRL's own file even where Unsloth's GPU path
   replaced `trl.SFTTrainer` with a generated class whose preparation differs.
+- TRL's `DPOTrainer._prepare_dataset` / `KTOTrainer._prepare_dataset` (the tokens of preference data), from TRL's
+  own files, to measure and filter preference data before the trainer tokenizes it again.
 - TRL 1.14's bf16 cast of the trainable weights of quantized models, undone where it is wrong.
 - bitsandbytes 0.50's in-place repack of 4-bit weights on CPU, switched off.
 - Hydra's `run_and_report`, wrapped so that user mistakes print as one line (Hydra has no hook for it).
@@ -86,6 +88,21 @@ def trl_tokenize_and_mask(dataset: Any, tokenizer: Any, name: str, *, assistant_
                             bf16=False, fp16=False, report_to="none", dataset_num_proc=num_proc)
     view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only_loss)
     return trl_prepare_dataset()(view, dataset, tokenizer, args, False, None, name)
+
+
+def trl_preference_tokenize(dataset: Any, tokenizer: Any, kind: str) -> Any:
+    """`prompt_ids` + `chosen_ids`/`rejected_ids` (pairs) or `completion_ids` (labelled) beside each row, exactly as
+    TRL's DPOTrainer / KTOTrainer tokenize it (chat template, generation prompt, EOS for plain text), with the
+    tokenizer alone and no length limit. `_prepare_dataset` reads the attributes a view carries."""
+    import tempfile
+    from types import SimpleNamespace
+
+    name = "dpo" if kind == "pairs" else "kto"
+    trainer = getattr(pristine_trl_module(f"{name}_trainer"), f"{name.upper()}Trainer")
+    config = getattr(pristine_trl_module(f"{name}_config"), f"{name.upper()}Config")
+    args = config(output_dir=tempfile.gettempdir(), max_length=None, bf16=False, fp16=False, report_to="none")
+    view = SimpleNamespace(_tokenizer=tokenizer, calculate_KL=False, desirable_weight=1.0, undesirable_weight=1.0)
+    return trainer._prepare_dataset(view, dataset, tokenizer, args, "preference")
 
 
 def unsloth_16bit_name(name: str) -> str | None:

@@ -185,15 +185,46 @@ CASES = [
          line="error: data.source: sample 0 has a user message with no content"),
     data("conversation with no turns", '{"messages": []}\n' + MESSAGES_ROW,
          line="error: data.source: sample 0 has no 'messages'"),
-    data("preference data (chosen/rejected)", '{"prompt": "q", "chosen": "good", "rejected": "bad"}\n',
-         line="error: data.source: its columns ['chosen', 'prompt', 'rejected'] hold preference data (chosen/"
-              "rejected pairs, for DPO, ORPO or a reward model); this pipeline trains supervised fine-tuning (SFT) "
-              "on text only"),
-    data("preference data as conversations", '{"conversations": [{"from": "human", "value": "q"}], "chosen": '
+    data("preference data (chosen/rejected) under sft", '{"prompt": "q", "chosen": "good", "rejected": "bad"}\n',
+         line="error: data.source: its columns ['chosen', 'prompt', 'rejected'] hold preference pairs (chosen/"
+              "rejected), which method=sft would train as plain answers. Train them with method=dpo (or orpo, "
+              "simpo, kto)."),
+    data("LLaMA-Factory ranking data under sft", '{"conversations": [{"from": "human", "value": "q"}], "chosen": '
          '{"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}\n',
-         line="error: data.source: its columns ['chosen', 'conversations', 'rejected'] hold preference data"),
-    data("KTO data (label)", '{"prompt": "q", "completion": "a", "label": false}\n',
-         line="error: data.source: its columns ['completion', 'label', 'prompt'] hold KTO data"),
+         line="error: data.source: its columns ['chosen', 'conversations', 'rejected'] hold preference pairs"),
+    data("KTO data (label) under sft", '{"prompt": "q", "completion": "a", "label": false}\n',
+         line="error: data.source: its columns ['completion', 'label', 'prompt'] hold answers labelled desirable or "
+              "not ('label'), and method=sft would train the undesirable ones too. Train them with method=kto."),
+    data("LLaMA-Factory KTO data under sft", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+         '"content": "a"}], "label": true}\n',
+         line="error: data.source: its columns ['label', 'messages'] hold answers labelled desirable or not"),
+    data("labelled answers under dpo", '{"prompt": "q", "completion": "a", "label": false}\n', "method=dpo",
+         line="error: data.source: method=dpo trains on pairs of answers, and its columns ['completion', 'label', "
+              "'prompt'] hold answers labelled one by one ('label'). Train them with method=kto"),
+    data("SFT data under dpo", MESSAGES_ROW, "method=dpo",
+         line="error: data.source: method=dpo needs TRL's prompt, chosen and rejected"),
+    data("SFT data under kto", MESSAGES_ROW, "method=kto",
+         line="error: data.source: method=kto needs TRL's prompt, completion and label, or LLaMA-Factory's messages "
+              "(or conversations) with label; its columns ['messages'] hold SFT data"),
+    data("a KTO label that is not true or false", '{"prompt": "q", "completion": "a", "label": "high"}\n',
+         "method=kto", line="error: data.source: sample 0: its label 'high' is not true or false"),
+    data("plain and conversational pairs mixed", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n'
+         '{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}], '
+         '"rejected": [{"role": "assistant", "content": "b"}]}\n', "method=dpo",
+         line="error: data.source: sample 1 is a conversation where sample 0 is plain text"),
+    train("a method's field under another method", "method=dpo", "method.simpo_gamma=1",
+          line="error: method.simpo_gamma: method=dpo does not use it (it is read by method=simpo). Remove it, or "
+               "choose method=simpo."),
+    train("a loss the method does not have", "method=dpo", "method.loss_type=sigmod",
+          line="error: method.loss_type: 'sigmod' is not a loss of method=dpo. Did you mean 'sigmoid'?"),
+    train("KTO with batches of one", "method=kto", "trainer.per_device_train_batch_size=1",
+          line="error: trainer.per_device_train_batch_size: 1: KTO estimates its KL term"),
+    train("packing under a preference method", "method=orpo", "data.packing=true",
+          line="error: data.packing: packs SFT samples; method=orpo trains on whole prompt/answer pairs"),
+    train("truncation ORPO cannot do", "method=orpo", "eval.before_after=false",
+          f"data.source={REPO / 'assets/data/tiny_dpo.jsonl'}", "data.format=auto",
+          "data.overlength=truncate",
+          line="error: data.overlength: truncate: TRL's trainer for method=orpo cannot cut a pair to length"),
     data("image data", '{"messages": [{"role": "user", "content": "what?"}], "images": ["cat.png"]}\n',
          line="error: data.source: its columns ['images', 'messages'] hold multimodal data (column 'images')"),
     data("tool call with arguments that are not JSON", MESSAGES_ROW + '{"messages": [{"role": "user", "content": "q"}, '

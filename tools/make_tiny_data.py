@@ -9,7 +9,10 @@ Two parts, like a real base model and a real fine-tune:
   animal and its colour." over a new scene, answered in one fixed line ("Animal: fox. Colour: red."); and as three
   exchanges a conversation, `tiny_multiturn.jsonl` (the animal, then its colour, then both in one line). The base knows
   the words and can find an animal or a colour, but has never seen a chat or that answer, so it scores 0/8 on the
-  held-out scenes; the quickstart's 30 QLoRA steps teach it.
+  held-out scenes; the quickstart's 30 QLoRA steps teach it;
+- preference data over new scenes, the right answer against one with the wrong colour or animal: as TRL's pairs
+  (`tiny_dpo.jsonl`), LLaMA-Factory's sharegpt and alpaca ranking forms (`tiny_dpo_sharegpt.jsonl`,
+  `tiny_dpo_alpaca.jsonl`), and as LLaMA-Factory's KTO form, answers labelled one by one (`tiny_kto.jsonl`).
 """
 
 import json
@@ -61,6 +64,37 @@ def make_pairs(rng: random.Random) -> list[tuple[str, str, str]]:
         sentence, animal, colour = scene(rng)
         pairs.append((INSTRUCTION, sentence, reply(animal, colour)))
     return pairs
+
+
+def make_preferences(rng: random.Random) -> list[tuple[str, str, str]]:
+    """(input, right answer, wrong answer): the wrong one names another colour (two in three) or another animal."""
+    rows = []
+    for _ in range(SAMPLES):
+        sentence, animal, colour = scene(rng)
+        if rng.random() < 2 / 3:
+            wrong = reply(animal, rng.choice([c for c in COLOURS if c != colour]))
+        else:
+            wrong = reply(rng.choice([a for a in ANIMALS if a != animal]), colour)
+        rows.append((sentence, reply(animal, colour), wrong))
+    return rows
+
+
+def as_preference(input_: str, right: str, wrong: str, form: str) -> dict:
+    question = f"{INSTRUCTION}\n{input_}"
+    if form == "trl":
+        return {"prompt": [{"role": "user", "content": question}], "chosen": [{"role": "assistant", "content": right}],
+                "rejected": [{"role": "assistant", "content": wrong}]}
+    if form == "sharegpt":
+        return {"conversations": [{"from": "human", "value": question}], "chosen": {"from": "gpt", "value": right},
+                "rejected": {"from": "gpt", "value": wrong}}
+    return {"instruction": INSTRUCTION, "input": input_, "chosen": right, "rejected": wrong}
+
+
+def as_kto(k: int, input_: str, right: str, wrong: str) -> dict:
+    """Every other row the wrong answer, labelled undesirable."""
+    answer = right if k % 2 == 0 else wrong
+    return {"messages": [{"role": "user", "content": f"{INSTRUCTION}\n{input_}"},
+                         {"role": "assistant", "content": answer}], "label": k % 2 == 0}
 
 
 def make_corpus(rng: random.Random, paragraphs: int = 400) -> list[str]:
@@ -176,6 +210,10 @@ def main(out: Path = Path("assets/data")) -> None:
     write_jsonl(out / "tiny_text.jsonl", [{"text": f"Question: {i} {x}\nAnswer: {o}"} for i, x, o in pairs])
     # plain text for continued pre-training: a document per paragraph, blank lines between (experiment=quickstart_text)
     (out / "tiny_documents.txt").write_text("\n\n".join(make_corpus(random.Random(2), paragraphs=60)) + "\n")
+    preferences = make_preferences(random.Random(3))
+    for form, name in (("trl", "tiny_dpo"), ("sharegpt", "tiny_dpo_sharegpt"), ("alpaca", "tiny_dpo_alpaca")):
+        write_jsonl(out / f"{name}.jsonl", [as_preference(*row, form) for row in preferences])
+    write_jsonl(out / "tiny_kto.jsonl", [as_kto(k, *row) for k, row in enumerate(preferences)])
     print(f"wrote {len(pairs)} samples per format and a general-text corpus to {out}")
 
 

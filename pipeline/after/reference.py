@@ -28,6 +28,17 @@ def pick_samples(dataset: Any, count: int = SAMPLES) -> list[dict]:
     return [{"input_ids": list(row["input_ids"]), "labels": list(row["labels"])} for row in rows]
 
 
+def preference_samples(dataset: Any, tokenizer: Any, kind: str, count: int = SAMPLES) -> list[dict]:
+    """Preference rows as `pick_samples` gives SFT ones: the prompt, then the chosen (or labelled) answer, which
+    carries the loss; tokenized as TRL's trainer for them does."""
+    from pipeline.compat import trl_preference_tokenize
+
+    rows = trl_preference_tokenize(dataset.select(range(min(count, len(dataset)))), tokenizer, kind)
+    answer = "chosen_ids" if "chosen_ids" in rows.column_names else "completion_ids"
+    return [{"input_ids": list(row["prompt_ids"]) + list(row[answer]),
+             "labels": [-100] * len(row["prompt_ids"]) + list(row[answer])} for row in rows]
+
+
 @dataclass
 class Scored:
     losses: list[float]       # the loss of every trained token, in order

@@ -62,10 +62,10 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
 
     check_local_model(run.model.name)  # a path that is not there: said before any import
     sources.quiet_progress_bars()
-    raw = formats.read(run.data)  # data mistakes first: they need no tokenizer
+    raw = formats.read(run.data, run.method.name)  # data mistakes first: they need no tokenizer
     route_library_logs()
     tokenizer = load_tokenizer(run)
-    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template)
+    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template, run.method.name)
     prepared = prepare.prepare(built, tokenizer, run)
     print(f"data: {run.data.source} ({formats.describe(raw.format, run.data.loss_on, built.tools)})"
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))

@@ -116,6 +116,43 @@ class TrainerConfig:
     save_total_limit: Optional[int] = at_least(1, 2, "2", nullable="keep all")
 
 
+METHODS = ("sft", "dpo", "orpo", "simpo", "kto")
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_pair",
+              "apo_zero", "apo_down", "discopop", "sft")  # TRL's DPOConfig.loss_type
+KTO_LOSSES = ("kto", "apo_zero_unpaired")  # TRL's KTOConfig.loss_type
+
+
+def positive_or_null(example: str) -> Any:
+    return checked(None, lambda v: v is None or v > 0, "must be null (the method does not use it) or positive",
+                   example)
+
+
+@dataclass
+class MethodConfig:
+    """The training objective: SFT, or a preference method on TRL's trainer for it. Each preset (conf/method/) sets
+    the fields its method reads; a field another method reads stays null (refused when set: see validate)."""
+    name: str = one_of("sft", *METHODS)
+    beta: Optional[float] = positive_or_null("0.1")
+    loss_type: Optional[str] = None
+    label_smoothing: Optional[float] = checked(None, lambda v: v is None or 0 <= v < 0.5,
+                                               "must be null or in [0, 0.5)", "0.0")
+    simpo_gamma: Optional[float] = checked(None, lambda v: v is None or v >= 0, "must be null or >= 0", "0.5")
+    cpo_alpha: Optional[float] = checked(None, lambda v: v is None or v >= 0, "must be null or >= 0", "0.0")
+    desirable_weight: Optional[float] = positive_or_null("1.0")
+    undesirable_weight: Optional[float] = positive_or_null("1.0")
+    max_prompt_length: Optional[int] = at_least(1, None, "512", nullable="no limit of its own")
+
+
+METHOD_FIELDS = {  # the fields each method reads (all others stay null); max_prompt_length may be null
+    "sft": (),
+    "dpo": ("beta", "loss_type", "label_smoothing", "max_prompt_length"),
+    "orpo": ("beta", "max_prompt_length"),
+    "simpo": ("beta", "simpo_gamma", "cpo_alpha", "label_smoothing", "max_prompt_length"),
+    "kto": ("beta", "loss_type", "desirable_weight", "undesirable_weight", "max_prompt_length"),
+}
+METHOD_LOSSES = {"dpo": DPO_LOSSES, "kto": KTO_LOSSES}
+
+
 @dataclass
 class LoggerConfig:
     kind: str = one_of("wandb", "wandb", "none")
@@ -155,6 +192,8 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    init_from: Optional[str] = None
     name: Optional[str] = checked(None, lambda v: v is None or re.fullmatch(r"[\w.+-]+", v) is not None,
                                   "must be letters, digits, '_', '-', '.' or '+' (it names the run directory)",
                                   "my_run")
@@ -194,7 +233,7 @@ class AfterConfig:
 
 
 GROUPS = {"model": ModelConfig, "quantization": QuantizationConfig, "lora": LoraConfig, "data": DataConfig,
-          "trainer": TrainerConfig, "logger": LoggerConfig, "distributed": DistributedConfig}
+          "trainer": TrainerConfig, "logger": LoggerConfig, "distributed": DistributedConfig, "method": MethodConfig}
 
 
 def register_configs() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from pipeline.config.schema import AfterConfig, TrainConfig
+from pipeline.config.schema import METHOD_FIELDS, METHOD_LOSSES, AfterConfig, MethodConfig, TrainConfig
 from pipeline.errors import ConfigError, did_you_mean
 
 # axolotl's chat_template dataset keys, which people bring along in data.columns: what they ask is what this pipeline
@@ -129,7 +129,46 @@ def validate_values(cfg: DictConfig, schema: Any) -> None:
 UNSLOTH_MODULES_TO_SAVE = ("lm_head", "embed_tokens")  # FastLanguageModel.get_peft_model's allow-list (+ norms)
 
 
+def check_method(method: Any) -> None:
+    """A method's own fields set, and no other method's: a value that would not take effect is refused."""
+    reads = METHOD_FIELDS[method.name]
+    for f in dataclasses.fields(MethodConfig):
+        value = method.get(f.name)
+        if f.name == "name" or (value is None and (f.name not in reads or f.name == "max_prompt_length")):
+            continue
+        if f.name not in reads:
+            users = [m for m, fields in METHOD_FIELDS.items() if f.name in fields]
+            raise ConfigError(f"method.{f.name}", f"method={method.name} does not use it (it is read by "
+                              f"{', '.join(f'method={m}' for m in users)})", f"remove it, or choose method={users[0]}")
+        if value is None:
+            raise ConfigError(f"method.{f.name}", f"method={method.name} needs a value", f"set method.{f.name}, or "
+                              f"keep conf/method/{method.name}.yaml's")
+    losses = METHOD_LOSSES.get(method.name)
+    if losses and method.loss_type not in losses:
+        raise ConfigError("method.loss_type", f"'{method.loss_type}' is not a loss of method={method.name}",
+                          did_you_mean(str(method.loss_type), losses) or f"use one of {', '.join(losses)}")
+
+
 def _validate_combinations(cfg: DictConfig) -> None:
+    if cfg.get("method") is not None:
+        check_method(cfg.method)
+        if cfg.method.name != "sft" and cfg.data.packing:
+            raise ConfigError("data.packing", f"packs SFT samples; method={cfg.method.name} trains on whole "
+                              "prompt/answer pairs", "set data.packing=false")
+        if cfg.method.name != "sft" and cfg.data.format != "auto":
+            raise ConfigError("data.format", f"'{cfg.data.format}' names an SFT format; method={cfg.method.name} tells "
+                              "its data's form itself (TRL's and LLaMA-Factory's preference forms)",
+                              "set data.format=auto")
+        if cfg.method.name == "kto" and cfg.method.loss_type == "kto" and cfg.trainer.per_device_train_batch_size < 2:
+            raise ConfigError("trainer.per_device_train_batch_size", "1: KTO estimates its KL term from the other "
+                              "answers of a batch, so a batch needs at least 2", "set it to 2 or more (or "
+                              "method.loss_type=apo_zero_unpaired)")
+        if cfg.method.name != "sft" and cfg.get("eval") is not None and cfg.eval.before_after:
+            raise ConfigError("eval.before_after", f"compares held-out losses of SFT answers; method="
+                              f"{cfg.method.name} has no such evaluation yet", "set eval.before_after=false")
+        if cfg.method.name != "sft" and cfg.data.loss_on != "responses":
+            raise ConfigError("data.loss_on", f"'{cfg.data.loss_on}' applies to method=sft; method="
+                              f"{cfg.method.name} scores the answers against each other", "drop it")
     if cfg.backend == "unsloth":
         for module in cfg.lora.modules_to_save or []:
             if module.rsplit(".", 1)[-1] not in UNSLOTH_MODULES_TO_SAVE and "norm" not in module:

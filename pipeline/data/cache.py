@@ -40,7 +40,8 @@ def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
     key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
            "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
-           "seed": run.seed, "preparer": trl_preparer_name(), "version": 5}
+           "seed": run.seed, "preparer": trl_preparer_name(), "version": 5,
+           "method": OmegaConf.to_container(OmegaConf.structured(run.method)) if hasattr(run, "method") else None}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

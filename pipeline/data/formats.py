@@ -49,26 +49,21 @@ class Datasets:
     dropped_without_answer: int = 0  # conversations with no assistant turn (nothing to train on)
     tools: tuple[str, ...] = ()      # what of tool calling the data holds (`tools.PARTS`: tools, calls, results)
     template_turns: str | None = None  # the template (named) whose assistant turns `pipeline.data.turns` reads off
+    kind: str = "sft"           # what the rows train: sft, or preference pairs / labelled answers (data.preference)
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
 
-def check_kind(columns: list[str], key: str = "data.source") -> None:
-    """Data made for another kind of training is named and refused, never trained on as if it were SFT data."""
-    present = set(columns)
-    media = [c for c in MEDIA_COLUMNS if c in present]
-    if {"chosen", "rejected"} <= present:
-        kind, fix = "preference data (chosen/rejected pairs, for DPO, ORPO or a reward model)", \
-            "train it with TRL's DPOTrainer, or give SFT data (e.g. the preferred answers as messages)"
-    elif "label" in present and "completion" in present:
-        kind, fix = "KTO data (completions labelled desirable or not)", \
-            "train it with TRL's KTOTrainer; for SFT, keep only the desirable rows and drop the label column"
-    elif media:
-        kind, fix = f"multimodal data (column '{media[0]}')", "give text-only data, or use a vision/audio trainer"
-    else:
-        return
-    raise ConfigError(key, f"its columns {sorted(present)} hold {kind}; this pipeline trains supervised "
-                      "fine-tuning (SFT) on text only", fix)
+def check_kind(columns: list[str], method: str = "sft", key: str = "data.source") -> str:
+    """What the data trains (`preference.check_fits`: data made for another objective is refused, naming the method
+    to use); images, audio or video are refused too: this pipeline trains on text."""
+    from pipeline.data.preference import check_fits
+
+    media = [c for c in MEDIA_COLUMNS if c in columns]
+    if media:
+        raise ConfigError(key, f"its columns {sorted(columns)} hold multimodal data (column '{media[0]}'); this "
+                          "pipeline trains on text only", "give text-only data, or use a vision/audio trainer")
+    return check_fits(columns, method, key)
 
 
 def warn_about_unused_columns(columns: list[str], fmt: str) -> None:
@@ -86,6 +81,8 @@ def loss_label(fmt: str, loss_on: str) -> str:
 
 def describe(fmt: str, loss_on: str, tool_parts: tuple[str, ...] = ()) -> str:
     """The format, its tool use, and which tokens carry the loss, as the header and `preprocess` print them."""
+    if fmt not in FORMAT_COLUMNS:  # preference data: its form says what trains (pipeline.data.preference)
+        return fmt
     loss = loss_label(fmt, loss_on)
     if "calls" in tool_parts and loss == "responses":
         return f"{fmt} with tool calls, loss on responses and tool calls (not tool results)"
@@ -131,7 +128,7 @@ def _system_message(row: dict, index: int) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def _alpaca_to_messages(row: dict, index: int, mask_history: bool) -> dict:
+def alpaca_to_messages(row: dict, index: int, mask_history: bool) -> dict:
     """LLaMA-Factory's alpaca with `system` and `history` ([[question, answer], ...] before this one): a conversation
     whose earlier answers train too (LLaMA-Factory's default), or are context only with data.mask_history=true."""
     history = row.get("history") or []
@@ -241,7 +238,7 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
     if fmt == "prompt_completion":
         return Datasets(dataset.select_columns(["prompt", "completion"]), None, fmt, False, responses)
     if fmt == "alpaca" and {"system", "history"} & set(columns):  # a conversation: trained turn by turn below
-        dataset = dataset.map(_alpaca_to_messages, with_indices=True, fn_kwargs={"mask_history": mask_history},
+        dataset = dataset.map(alpaca_to_messages, with_indices=True, fn_kwargs={"mask_history": mask_history},
                               remove_columns=columns, desc="Reading history")
     elif fmt == "alpaca":
         dataset = dataset.map(_alpaca_to_prompt_completion, remove_columns=columns)
@@ -314,11 +311,22 @@ class Raw:
     format: str
 
 
-def read(data: Any) -> Raw:
+def read(data: Any, method: str = "sft") -> Raw:
     """Load data.source (and data.eval_source), tell the format, check columns and required fields: the mistakes
     found here cost no model import."""
     dataset = load_source(data)
-    check_kind(dataset.column_names)
+    kind = check_kind(dataset.column_names, method)
+    if kind != "sft":  # preference data, in TRL's forms row by row (pipeline.data.preference)
+        from pipeline.data.preference import normalize
+
+        dataset, held_out = normalize(dataset, kind), None
+        if data.eval_source not in (None, "", []):
+            held_out = load_source(data, data.eval_source, key="data.eval_source")
+            check_kind(held_out.column_names, method, "data.eval_source")
+            held_out = normalize(held_out, kind, "data.eval_source")
+        elif data.val_size:
+            eval_count(data.val_size, len(dataset))
+        return Raw(dataset, held_out, kind)
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
@@ -344,7 +352,7 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
                                                                            "input", "output") if c in
                                                                 dataset.column_names])):
                 try:
-                    _alpaca_to_messages(row, index, False)
+                    alpaca_to_messages(row, index, False)
                 except ConfigError as error:
                     raise ConfigError(key, error.problem, error.fix) from error
         return
@@ -366,10 +374,15 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
         raise ConfigError(key, error.problem, error.fix) from error
 
 
-def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None, template: str | None = None) -> Datasets:
+def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None, template: str | None = None,
+          method: str = "sft") -> Datasets:
     """Normalize and split the configured data (read now unless `raw` is given) for SFTTrainer; `template` is
     model.chat_template (None: the tokenizer's own), named in errors."""
-    raw = raw or read(data)
+    raw = raw or read(data, method)
+    if raw.format in ("pairs", "labelled"):
+        from pipeline.data.preference import build
+
+        return build(data, raw, seed, method)
     dataset, fmt = raw.dataset, raw.format
     if fmt not in ("text", "prompt_completion") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",

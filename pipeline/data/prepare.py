@@ -39,6 +39,7 @@ class LengthStats:
     trained_tokens: int
     dropped_without_answer: int = 0  # conversations with no assistant turn, dropped before tokenizing
     windows: int = 0          # overlength=chunk: the windows the long samples became
+    dropped_long_prompt: int = 0  # preference data: prompts longer than method.max_prompt_length (dropped)
 
 
 @dataclass
@@ -183,6 +184,10 @@ def length_policy(overlength: str, fmt: str) -> str:
 def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = True) -> Prepared:
     """Tokenized, masked, length-checked train/eval sets, served from the cache when nothing changed. `write_cache`
     is False in the processes of a launch other than rank 0: they read the cache, never write it at the same time."""
+    if datasets.kind != "sft":  # preference rows: measured with TRL's tokenization, kept as text
+        from pipeline.data import prepare_preference
+
+        return prepare_preference.prepare(datasets, tokenizer, run, write_cache)
     max_length = run.data.max_length or run.model.max_seq_length
     policy = length_policy(run.data.overlength, datasets.format)
     folder = cache_root() / cache_key(run, tokenizer, max_length)
@@ -219,7 +224,7 @@ def warn_about_drops(stats: dict[str, LengthStats]) -> None:
     """A split that lost more than a tenth of its samples to the length policy or to having no trained token left
     says so in one line, with the fix."""
     for name, split in stats.items():
-        dropped = split.dropped_overlength + split.dropped_untrained
+        dropped = split.dropped_overlength + split.dropped_untrained + split.dropped_long_prompt
         total = split.samples + dropped
         if total and dropped / total > DROP_WARNING_SHARE:
             log.warning("data: %d of %d %s samples (%.0f%%) dropped: %d longer than %d tokens, %d with no trained "
@@ -235,4 +240,6 @@ def describe(stats: LengthStats) -> str:
             + (f", chunked into {stats.windows} windows" if stats.windows else "") + "); "
             f"dropped with no trained token {stats.dropped_untrained}"
             + (f", without an answer {stats.dropped_without_answer}" if stats.dropped_without_answer else "")
+            + (f", prompt over method.max_prompt_length {stats.dropped_long_prompt}" if stats.dropped_long_prompt
+               else "")
             + f"; trained tokens {stats.trained_tokens}")

@@ -114,7 +114,7 @@ class RunDirectory:
             return
         staging, previous = self.path / "adapter.tmp", self.path / "adapter.previous"
         shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, selected_adapters=["default"])  # not the frozen "ref" copy DPO and KTO add
         tokenizer.save_pretrained(staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)

@@ -56,7 +56,7 @@ def _train_stats(run: Any) -> Any:
     from pipeline.model.loading import load_tokenizer
 
     sources.quiet_progress_bars()
-    raw = formats.read(run.data)
+    raw = formats.read(run.data, run.method.name)
     tokenizer = load_tokenizer(run)
-    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template)
+    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template, run.method.name)
     return prepare.prepare(built, tokenizer, run).stats["train"]

@@ -63,7 +63,8 @@ def read_rows(path: Path) -> list[dict]:
 
 class TokenCounter(TrainerCallback):
     """Tokens seen (input tokens that are not padding) and trained (labels that carry loss) by the training forward
-    passes, counted from each batch as the model receives it, on every backend.
+    passes, counted from each batch as the model receives it, on every backend (a preference trainer's batches carry
+    no labels: trained is not counted, and its reference forwards, without gradients, are not seen).
 
     TRL counts tokens inside its compute_loss, which Unsloth's GPU trainer replaces, and transformers counts them only
     with include_num_input_tokens_seen, which Unsloth's config turns off. Counts stay on the device until they are
@@ -78,6 +79,7 @@ class TokenCounter(TrainerCallback):
         self.session = [0, 0]   # this process's counts, read back from the device
         self._pending: list[Any] = []
         self._hook: Any = None
+        self.labelled = bool(self.start[1])  # batches carry labels (SFT); a preference trainer's carry none
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None and self._hook is None:
@@ -87,13 +89,15 @@ class TokenCounter(TrainerCallback):
         import torch
 
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if not module.training or ids is None:  # evaluation and the run's own reference passes do not count
+        # evaluation, the run's own reference passes and a preference method's reference forwards (no gradients)
+        if not module.training or ids is None or not torch.is_grad_enabled():
             return
         mask = kwargs.get("attention_mask")
         seen = mask.sum() if mask is not None and mask.dim() == 2 else torch.tensor(ids.numel(), device=ids.device)
         labels = kwargs.get("shift_labels")
         if labels is None and kwargs.get("labels") is not None:
             labels = kwargs["labels"][..., 1:]  # the first position predicts nothing (as transformers counts)
+        self.labelled = self.labelled or labels is not None
         trained = (labels != -100).sum() if labels is not None else torch.zeros((), device=ids.device)
         self._pending.append(torch.stack([seen.to(trained.dtype), trained]))
 
@@ -109,7 +113,8 @@ class TokenCounter(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if logs is not None and ("loss" in logs or "train_runtime" in logs):
-            logs.update(zip(self.KEYS, self.totals(), strict=True))
+            seen, trained = self.totals()
+            logs.update({"tokens_seen": seen, **({"tokens_trained": trained} if self.labelled else {})})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.totals()
@@ -122,7 +127,7 @@ class TokenCounter(TrainerCallback):
         """For summary.json: totals, and this process's tokens per second of its whole run and of training alone
         (all processes of a launch together)."""
         seen, trained = self.totals()
-        return {"tokens_seen": seen, "tokens_trained": trained,
+        return {"tokens_seen": seen, "tokens_trained": trained if self.labelled else None,
                 "tokens_per_second": round(self.session[0] / runtime, 1) if self.session[0] and runtime else None,
                 "train_tokens_per_second": round(self.session[0] / train_runtime, 1)
                 if self.session[0] and train_runtime else None}

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.config.context import RunContext
 from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
-from pipeline.data import formats, prepare, sources
+from pipeline.data import formats, preference, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
 from pipeline.model import targets, untrained
 from pipeline.model.backends import check_options, get_backend
@@ -186,7 +186,7 @@ def nothing_left_to_train(run_dir: RunDirectory) -> RecipeResult:
 def running_summary(run: TrainConfig, run_dir: RunDirectory) -> dict:
     """What summary.json says from the start: the run is going on, in this process."""
     summary = {"status": "running", "pid": os.getpid(), "model": run.model.name, "backend": run.backend,
-               "run_dir": str(run_dir.path)}
+               "method": run.method.name, "run_dir": str(run_dir.path)}
     run_dir.write_summary(summary)
     return summary
 
@@ -201,13 +201,13 @@ def forget_run(run_dir: RunDirectory) -> None:
 def read_data(run: TrainConfig) -> formats.Raw:
     """The rows as read, their format and required fields checked (no tokenizer needed yet)."""
     sources.quiet_progress_bars()
-    return formats.read(run.data)
+    return formats.read(run.data, run.method.name)
 
 
 def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> Data:
     """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
     tokenizer = load_tokenizer(run)
-    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template)
+    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template, run.method.name)
     prepared = prepare.prepare(built, tokenizer, run, write_cache)
     t = run.trainer
     if t.per_device_train_batch_size * t.gradient_accumulation_steps > len(prepared.train):
@@ -215,6 +215,9 @@ def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> 
                           f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} is larger than the "
                           f"{len(prepared.train)} training samples", "lower trainer.per_device_train_batch_size or "
                           "trainer.gradient_accumulation_steps, or give more data")
+    if built.kind != "sft":  # preference rows stay text: TRL's trainer for the method tokenizes them
+        datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, kind=built.kind)
+        return Data(tokenizer, datasets, prepared, built.format, preference.held_out_conversation(prepared))
     # already tokenized and masked: the trainer keeps the labels and skips its own preparation
     datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, tools=built.tools)
     return Data(tokenizer, datasets, prepared, built.format, formats.held_out_conversation(built))
@@ -257,12 +260,17 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
 
 def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, data: Data, built: Model,
                   run_dir: RunDirectory, callbacks: list, wandb_run: Any, summary: dict) -> Any:
-    """TRL's SFTConfig and SFTTrainer; records what the trainer really runs (a backend may change it)."""
+    """TRL's SFTConfig and SFTTrainer (or the method's trainer); records what the trainer really runs (a backend
+    may change it)."""
     from pipeline.train import trainer as trainer_lib
 
     asked = trainer_lib.sft_config_kwargs(run, precision, run_dir.checkpoints, data.datasets,
                                           ["wandb"] if wandb_run is not None else ["none"],
                                           tracking.run_name(run, context), context.world_size)
+    if run.method.name != "sft":
+        from pipeline.train.methods import setup_trainer as setup_method_trainer
+
+        return setup_method_trainer(run, precision, data, built.model, asked, callbacks, summary)
     head, notes = trainer_lib.head_settings(built.model)
     asked.update(head)
     reference = trainer_lib.reference_settings(asked)
@@ -340,7 +348,9 @@ def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
         return
     from pipeline.after import reference
 
-    samples = reference.pick_samples(data.datasets.eval if data.datasets.eval is not None else data.datasets.train)
+    rows = data.datasets.eval if data.datasets.eval is not None else data.datasets.train
+    samples = reference.pick_samples(rows) if data.datasets.kind == "sft" else \
+        reference.preference_samples(rows, data.tokenizer, data.datasets.kind)
     record = {**reference.record(trainer.model, samples), **reference.template_probe(data.tokenizer, data.conversation)}
     data.tokenizer.padding_side = "right"  # Unsloth's GPU trainer leaves it "left" (inference mode)
     run_dir.save_adapter(trainer.model, data.tokenizer, {reference.REFERENCE_FILE: json.dumps(record)})
