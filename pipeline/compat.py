@@ -4,6 +4,8 @@
   replaced `trl.SFTTrainer` with a generated class whose preparation differs.
 - TRL's `DPOTrainer._prepare_dataset` / `KTOTrainer._prepare_dataset` (the tokens of preference data), from TRL's
   own files, to measure and filter preference data before the trainer tokenizes it again.
+- transformers' Trainer resuming a PEFT model that holds several adapters (DPO's and KTO's frozen "ref"): it loads
+  only the adapters saved in sub-folders, never the trained one at the checkpoint's root; that one is loaded first.
 - TRL 1.14's bf16 cast of the trainable weights of quantized models, undone where it is wrong.
 - bitsandbytes 0.50's in-place repack of 4-bit weights on CPU, switched off.
 - Hydra's `run_and_report`, wrapped so that user mistakes print as one line (Hydra has no hook for it).
@@ -103,6 +105,17 @@ def trl_preference_tokenize(dataset: Any, tokenizer: Any, kind: str) -> Any:
     args = config(output_dir=tempfile.gettempdir(), max_length=None, bf16=False, fp16=False, report_to="none")
     view = SimpleNamespace(_tokenizer=tokenizer, calculate_KL=False, desirable_weight=1.0, undesirable_weight=1.0)
     return trainer._prepare_dataset(view, dataset, tokenizer, args, "preference")
+
+
+def load_trained_adapter_before_resume(model: Any, checkpoint: Path) -> None:
+    """The checkpoint's root adapter ("default") into the model, when sub-folders hold others (TRL's frozen "ref"):
+    `Trainer._load_from_checkpoint` then loads only those, and resuming would go on from a new adapter."""
+    if not any((folder / "adapter_model.safetensors").is_file() for folder in checkpoint.iterdir() if folder.is_dir()):
+        return
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
 
 
 def unsloth_16bit_name(name: str) -> str | None:

@@ -221,6 +221,9 @@ CASES = [
           line="error: trainer.per_device_train_batch_size: 1: KTO estimates its KL term"),
     train("packing under a preference method", "method=orpo", "data.packing=true",
           line="error: data.packing: packs SFT samples; method=orpo trains on whole prompt/answer pairs"),
+    train("init_from pointing nowhere", "method=dpo", "init_from={tmp}/nowhere",
+          line="error: init_from: {tmp}/nowhere holds no adapter (adapter_config.json and adapter_model.safetensors "
+               "missing from {tmp}/nowhere). Point it at a completed run's directory, or at one of its checkpoints."),
     train("truncation ORPO cannot do", "method=orpo", "eval.before_after=false",
           f"data.source={REPO / 'assets/data/tiny_dpo.jsonl'}", "data.format=auto",
           "data.overlength=truncate",

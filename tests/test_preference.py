@@ -176,3 +176,50 @@ def test_orpo_and_simpo_answers_end_with_one_eos() -> None:
         for key in ("chosen", "rejected"):
             assert row[key].endswith("<|im_end|>") and row[key].count("<|im_end|>") == 1
         assert row["prompt"].endswith("<|im_start|>assistant\n")
+
+
+# --- init_from -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_init_from_continues_an_sft_run_under_dpo(finished_run: Path, tmp_path: Path, home: Path) -> None:
+    """DPO from the quickstart's SFT adapter: it starts where SFT ended (its answers' tokens already right, the policy
+    equal to its reference), and the saved adapter has moved on from SFT's."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, extra in (("fresh", ()), ("continued", (f"init_from={finished_run}",))):
+        run_dir = tmp_path / name
+        result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "method=dpo",
+                         f"data.source={DATA / 'tiny_dpo.jsonl'}", "trainer.max_steps=4", "trainer.logging_steps=1",
+                         *extra, f"hydra.run.dir={run_dir}", home=home)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = {name: next(r for r in rows if "loss" in r) for name, rows in runs.items()}
+    assert float(first["continued"]["mean_token_accuracy"]) >= 0.9 > float(first["fresh"]["mean_token_accuracy"])
+    assert abs(float(first["continued"]["rewards/margins"])) < 1e-3  # step 1: the policy is its reference
+    summary = json.loads((tmp_path / "continued" / "summary.json").read_text())
+    assert any(note.startswith("init_from: training on from the adapter in") and "method=dpo scores against it"
+               in note for note in summary["notes"])
+    sft = load_file(finished_run / "adapter" / "adapter_model.safetensors")
+    dpo = load_file(tmp_path / "continued" / "adapter" / "adapter_model.safetensors")
+    assert sft.keys() == dpo.keys() and any(not sft[k].equal(dpo[k]) for k in sft)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("override,line", [
+    ("lora.r=8", "error: init_from: its adapter does not fit this run: lora.r=16 there, 8 here. Set those keys to "
+                 "the adapter's values, or train a new adapter without init_from."),
+    ("lora/target_modules=attention", "error: init_from: its adapter does not fit this run: lora.target_modules="
+                                      "['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']"
+                                      " there, ['k_proj', 'o_proj', 'q_proj', 'v_proj'] here"),
+])
+def test_init_from_refuses_another_lora_shape(override: str, line: str, finished_run: Path, tmp_path: Path,
+                                              home: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", "method=dpo",
+                     f"data.source={DATA / 'tiny_dpo.jsonl'}", f"init_from={finished_run}", override,
+                     f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 2
+    errors = [x for x in result.stderr.replace("\r", "\n").splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(line), result.stderr[-2000:]
+    assert not (run_dir / "summary.json").exists()  # a set-up mistake leaves no run behind

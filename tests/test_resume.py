@@ -52,8 +52,10 @@ def logged_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("setting", [["backend=unsloth", "quantization=nf4"], ["backend=hf", "quantization=none"],
-                                     ["backend=unsloth", "quantization=nf4", "model.name=untrained-rows"]],
-                         ids=["unsloth-nf4", "hf-16bit", "unsloth-nf4-untrained-token-rows"])
+                                     ["backend=unsloth", "quantization=nf4", "model.name=untrained-rows"],
+                                     ["backend=unsloth", "quantization=nf4", "method=dpo",
+                                      f"data.source={REPO / 'assets' / 'data' / 'tiny_dpo.jsonl'}"]],
+                         ids=["unsloth-nf4", "hf-16bit", "unsloth-nf4-untrained-token-rows", "unsloth-nf4-dpo"])
 def test_killed_and_resumed_equals_uninterrupted(setting: list[str], tmp_path: Path, home: Path) -> None:
     if "model.name=untrained-rows" in setting:  # a base whose template tokens' rows the run trains (PEFT's tokens)
         from conftest import zeroed_copy

@@ -21,7 +21,7 @@ from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
 from pipeline.data import formats, preference, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
-from pipeline.model import targets, untrained
+from pipeline.model import init_from, targets, untrained
 from pipeline.model.backends import check_options, get_backend
 from pipeline.model.loaded import describe_loaded, quantization_notes
 from pipeline.model.loading import (
@@ -89,6 +89,8 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
     callbacks = precision = None
     try:
         check_local_model(run.model.name)
+        if run.init_from:
+            init_from.adapter_folder(run.init_from)  # a wrong path costs no data reading or model import
         raw = read_data(run)  # mistakes in the data cost no model import
         backend = get_backend(run.backend)  # before torch and transformers: the Unsloth backend patches them
         stop.raise_if_requested()  # a Ctrl-C that the import swallowed
@@ -233,6 +235,7 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, context.preset)
     targets.validate_against_model(resolution, skeleton)
     targets.check_rank_fits(resolution, skeleton, run.lora.r)
+    start = init_from.check(run, resolution.target_modules) if run.init_from else None
     from pipeline.plan.estimate import estimate
 
     planned = estimate(skeleton, run, resolution.target_modules, target_parameters=resolution.target_parameters)
@@ -245,12 +248,14 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     resolution.trainable_token_indices = found.indices if found else {}
     model = backend.apply_lora(model, run, resolution)
     untrained.start_from_mean(model, found)
+    if start is not None:
+        init_from.load(model, start)
     resolution.trainable_params = model.get_nb_trainable_parameters()[0]  # PEFT's own count
     from pipeline.train.trainer import machine_notes
 
     notes = [*context.notes, *precision.notes, *machine_notes(run, precision), *resolution.notes,
              *loaded_from_notes(run, loaded), *quantization_notes(run, loaded), *relayout,
-             *(found.notes() if found else [])]
+             *(found.notes() if found else []), *init_from.notes(start, run.method.name)]
     if run.backend == "unsloth":
         roles = targets.covered_roles(resolution, skeleton.config.model_type)
         notes += [f"Unsloth's fused LoRA fast path is off on GPU: {b}" for b in backend.fast_path_blockers(run, roles)]
@@ -299,6 +304,10 @@ def train(trainer: Any, point: Any, summary: dict) -> None:
         load_adapter_weights(trainer.model, point.checkpoint)
         trainer.state.global_step = point.step
         return
+    if checkpoint:
+        from pipeline.compat import load_trained_adapter_before_resume
+
+        load_trained_adapter_before_resume(trainer.model, point.checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
 
 
