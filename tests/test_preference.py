@@ -223,3 +223,54 @@ def test_init_from_refuses_another_lora_shape(override: str, line: str, finished
     errors = [x for x in result.stderr.replace("\r", "\n").splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(line), result.stderr[-2000:]
     assert not (run_dir / "summary.json").exists()  # a set-up mistake leaves no run behind
+
+
+# --- evaluation, and the commands on a finished run ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dpo_run(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """experiment=quickstart_dpo from the quickstart's run: (its run directory, what it printed)."""
+    base = tmp_path_factory.mktemp("dpo")
+    home = base / "home"
+    home.mkdir()
+    run_dir = base / "run"
+    result = run_cli("pipeline.train", "experiment=quickstart_dpo", f"init_from={finished_run}", "logger=none",
+                     "eval.before_after=true", f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+def test_quickstart_dpo_prefers_the_right_answer_more_than_its_start(dpo_run: tuple[Path, str]) -> None:
+    run_dir, output = dpo_run
+    result = json.loads((run_dir / "eval.json").read_text())
+    before, after = result["before"], result["after"]
+    assert after["preference_accuracy"] >= 0.75 and after["pairs"] == 8
+    assert after["preference_accuracy"] > before["preference_accuracy"]
+    assert after["mean_margin"] > before["mean_margin"]
+    line = (f"preference accuracy {before['preference_accuracy']:.2f} before -> {after['preference_accuracy']:.2f} "
+            f"after on 8 held-out pairs")
+    assert line in output and "trained answer: 'Name the animal and its colour." in output
+    assert json.loads((run_dir / "summary.json").read_text())["eval"] == result
+
+
+@pytest.mark.e2e
+def test_export_and_generate_work_on_a_preference_run(dpo_run: tuple[Path, str], home: Path) -> None:
+    """The merged export verifies itself against the DPO adapter's recorded losses (the chosen answers of held-out
+    pairs), and answers like it."""
+    run_dir, _ = dpo_run
+    result = run_cli("pipeline.export", f"run={run_dir}", "export.dtype=float32", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "export" / "merged_16bit" / "config.json").is_file()
+    answer = run_cli("pipeline.generate", f"run={run_dir}", "generate.source=merged_16bit",
+                     "prompt='Name the animal and its colour.\nA red fox sits in the garden.'", home=home)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert "Animal: fox. Colour: red." in answer.stdout
+
+
+def test_quickstart_dpo_without_a_quickstart_run_is_one_line(tmp_path: Path, home: Path) -> None:
+    result = run_cli("pipeline.train", "experiment=quickstart_dpo", "logger=none", cwd=tmp_path, home=home)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: init_from: no completed 'quickstart' run under outputs/ to continue. Train one first (python -m "
+        "pipeline.train experiment=quickstart), or give init_from=<a run directory>.")

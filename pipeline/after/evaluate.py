@@ -24,17 +24,24 @@ def held_out(run: FinishedRun, tokenizer: Any) -> tuple[Any, Any]:
     from pipeline.data import formats, prepare
 
     config = run.config
-    built = formats.build(config.data, tokenizer, config.seed, template=config.model.chat_template)
+    built = formats.build(config.data, tokenizer, config.seed, template=config.model.chat_template,
+                          method=config.method.name)
     if built.eval is None:
         raise ConfigError("run", f"{run.path} trained without a held-out split (data.val_size=0, no eval_source)",
                           "train with data.val_size > 0 or data.eval_source to evaluate")
-    return built.eval, prepare.prepare(built, tokenizer, config).eval
+    prepared = prepare.prepare(built, tokenizer, config).eval
+    return (prepared if built.kind != "sft" else built.eval), prepared
 
 
 def question_and_answer(row: dict) -> tuple[list[dict], str, list | None] | None:
     """The conversation up to its last answer, that answer, and the tools the sample offers (None for text data:
     nothing to answer)."""
     tools = json.loads(row["tools"]) if row.get("tools") else None  # stored as a JSON string (data/tools.py)
+    if "chosen" in row or "label" in row:  # preference rows: the chosen (or a desirable) answer is the reference
+        answer = row["chosen"] if "chosen" in row else row["completion"] if row["label"] else None
+        if answer is None:
+            return None
+        return row["prompt"], answer[0]["content"] if isinstance(answer, list) else answer, None
     if "messages" in row:
         last = max((i for i, turn in enumerate(row["messages"]) if turn["role"] == "assistant"), default=None)
         return None if last is None else (row["messages"][:last], row["messages"][last]["content"], tools)
@@ -82,6 +89,8 @@ def evaluate(run: FinishedRun, settings: Any) -> dict:
     merged = check_harness(run, settings.lm_eval_tasks)  # before the long part
     model, tokenizer = generate.load(run, SimpleNamespace(source="adapter", base="as_trained"))
     rows, tokenized = held_out(run, tokenizer)
+    if run.config.method.name != "sft":
+        return evaluate_preferences(run, model, tokenizer, rows, settings)
     result = {"samples": len(tokenized), "after": {**losses(model, tokenized),
                                                   "answers": scores(model, tokenizer, rows, settings)}}
     if settings.before_after:
@@ -90,6 +99,23 @@ def evaluate(run: FinishedRun, settings: Any) -> dict:
     if merged is not None:
         del model
         result["lm_eval"] = harness(merged, settings)
+    return result
+
+
+def evaluate_preferences(run: FinishedRun, model: Any, tokenizer: Any, rows: Any, settings: Any) -> dict:
+    """A preference run's held-out pairs (or labelled answers) scored at its end, and at its start with
+    `settings.before_after`; greedy answers beside them."""
+    from pipeline.after import preference_eval
+    from pipeline.data.preference import METHOD_DATA
+
+    kind = METHOD_DATA[run.config.method.name]
+    result = {"samples": len(rows), "method": run.config.method.name,
+              "after": {**preference_eval.scores(model, tokenizer, rows, kind),
+                        "answers": scores(model, tokenizer, rows, settings)}}
+    if settings.before_after:
+        with preference_eval.at_start(model, run.config.init_from):
+            result["before"] = {**preference_eval.scores(model, tokenizer, rows, kind),
+                                "answers": scores(model, tokenizer, rows, settings)}
     return result
 
 
@@ -125,20 +151,30 @@ def describe(result: dict) -> list[str]:
     if "error" in result:
         return [f"evaluation failed: {result['error']}"]
     before, after = result.get("before"), result["after"]
+    if "method" in result:  # a preference run
+        from pipeline.after.preference_eval import describe as describe_preferences
+
+        return describe_preferences(result) + answer_lines(before, after)
     arrow = (lambda key, fmt: f"{fmt.format(before[key])} -> {fmt.format(after[key])}") if before else \
         (lambda key, fmt: fmt.format(after[key]))
     lines = [f"eval loss {arrow('loss', '{:.4f}')} (perplexity {arrow('perplexity', '{:.2f}')}) on "
              f"{result['samples']} held-out samples ({after['tokens']} trained tokens)"]
-    if after["answers"]:
-        n = after["answers"]["prompts"]
-        for key, label in (("exact_match", "exact match"), ("contains", "answer contained")):
-            was = f"{before['answers'][key]}/{n} before -> " if before else ""
-            lines.append(f"{label} on {n} held-out prompts: {was}{after['answers'][key]}/{n} after")
-        example = after["answers"]["examples"][0]
-        lines.append(f"trained answer: {one_line(example['prompt'])!r} -> {one_line(example['answer'])!r}")
+    lines += answer_lines(before, after)
     for task, metrics in (result.get("lm_eval") or {}).items():
         lines.append(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return lines
+
+
+def answer_lines(before: dict | None, after: dict) -> list[str]:
+    """Greedy answers against the references, before -> after, and one trained answer."""
+    if not after["answers"]:
+        return []
+    lines, n = [], after["answers"]["prompts"]
+    for key, label in (("exact_match", "exact match"), ("contains", "answer contained")):
+        was = f"{before['answers'][key]}/{n} before -> " if before else ""
+        lines.append(f"{label} on {n} held-out prompts: {was}{after['answers'][key]}/{n} after")
+    example = after["answers"]["examples"][0]
+    return [*lines, f"trained answer: {one_line(example['prompt'])!r} -> {one_line(example['answer'])!r}"]
 
 
 def one_line(text: str) -> str:

@@ -1,5 +1,6 @@
-"""OmegaConf resolvers the config tree uses: `${pipeline.repo_path:x}`, `${pipeline.suffix:name}`, and the launch's
-`${pipeline.launch_time:fmt}` and `${pipeline.main_process_file:path}` (pipeline.config.launch)."""
+"""OmegaConf resolvers the config tree uses: `${pipeline.repo_path:x}`, `${pipeline.suffix:name}`,
+`${pipeline.latest_run:name}`, and the launch's `${pipeline.launch_time:fmt}` and `${pipeline.main_process_file:path}`
+(pipeline.config.launch)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def run_dir_suffix(name: str | None) -> str:
     """'_<name>' for the run directory, '' without a name. Hydra makes the directory before `name` is validated, so
     a name with a path in it (`/../x`) is flattened here, and the refused run leaves no directory outside outputs/."""
     return "_" + UNSAFE_IN_NAME.sub("-", str(name)) if name else ""
+
+
+def latest_run(name: str) -> str:
+    """The newest completed run called `name` under outputs/ (where runs go by default), for an experiment that
+    continues one (quickstart_dpo: init_from); one line when there is none."""
+    import json
+
+    from pipeline.errors import ConfigError
+
+    for run in sorted(Path("outputs").glob(f"*/*_{name}"), reverse=True):
+        summary = run / "summary.json"
+        if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+            return str(run.resolve())
+    raise ConfigError("init_from", f"no completed '{name}' run under outputs/ to continue",
+                      f"train one first (python -m pipeline.train experiment={name}), or give init_from=<a run directory>")
 
 
 def user_groups() -> str:
@@ -54,6 +70,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("pipeline.repo_path", repo_path)
         OmegaConf.register_new_resolver("pipeline.suffix", run_dir_suffix)
         OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)
+        OmegaConf.register_new_resolver("pipeline.latest_run", latest_run)
         OmegaConf.register_new_resolver("pipeline.after_dir", lambda run: run or "outputs/no-run")
         # cached like Hydra's `now`: a sweep's jobs in other processes (submitit) get the sweep's own time
         OmegaConf.register_new_resolver("pipeline.launch_time", launch_time, use_cache=True)

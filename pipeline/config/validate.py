@@ -163,9 +163,6 @@ def _validate_combinations(cfg: DictConfig) -> None:
             raise ConfigError("trainer.per_device_train_batch_size", "1: KTO estimates its KL term from the other "
                               "answers of a batch, so a batch needs at least 2", "set it to 2 or more (or "
                               "method.loss_type=apo_zero_unpaired)")
-        if cfg.method.name != "sft" and cfg.get("eval") is not None and cfg.eval.before_after:
-            raise ConfigError("eval.before_after", f"compares held-out losses of SFT answers; method="
-                              f"{cfg.method.name} has no such evaluation yet", "set eval.before_after=false")
         if cfg.method.name != "sft" and cfg.data.loss_on != "responses":
             raise ConfigError("data.loss_on", f"'{cfg.data.loss_on}' applies to method=sft; method="
                               f"{cfg.method.name} scores the answers against each other", "drop it")
@@ -224,6 +221,11 @@ def resolve_interpolations(cfg: DictConfig) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as error:
+        cause = error.__cause__ or error.__context__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # a resolver of ours that says what is wrong itself
+            raise cause from None
         key = getattr(error, "full_key", None) or "config"
         raise ConfigError(key, f"cannot resolve its interpolation: {str(error).splitlines()[0].rstrip('.')}",
                           "fix the ${...} reference, or quote a literal value") from error

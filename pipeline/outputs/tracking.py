@@ -107,11 +107,13 @@ def init(mode: str, **kwargs: Any) -> Any:
 
 
 def eval_figures(result: dict) -> dict:
-    """eval.json as flat W&B summary keys: eval/after/loss, eval/before/exact_match, ..."""
+    """eval.json as flat W&B summary keys: eval/after/loss, eval/before/exact_match, eval/after/preference_accuracy,
+    ..."""
     figures = {}
     for side in ("before", "after"):
         if side in result:
-            figures.update({f"eval/{side}/{k}": result[side][k] for k in ("loss", "perplexity")})
+            figures.update({f"eval/{side}/{k}": value for k, value in result[side].items()
+                            if isinstance(value, int | float)})  # losses, or a preference run's accuracy and margin
             for key in ("exact_match", "contains", "prompts"):
                 if result[side].get("answers"):
                     figures[f"eval/{side}/{key}"] = result[side]["answers"][key]
