@@ -38,7 +38,8 @@ def latest_run(name: str) -> str:
         if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
             return str(run.resolve())
     raise ConfigError("init_from", f"no completed '{name}' run under outputs/ to continue",
-                      f"train one first (python -m pipeline.train experiment={name}), or give init_from=<a run directory>")
+                      f"train one first (python -m pipeline.train experiment={name}), or give "
+                      "init_from=<a run directory>")
 
 
 def user_groups() -> str:
