@@ -274,3 +274,43 @@ def test_quickstart_dpo_without_a_quickstart_run_is_one_line(tmp_path: Path, hom
     assert result.stderr.strip().splitlines()[-1] == (
         "error: init_from: no completed 'quickstart' run under outputs/ to continue. Train one first (python -m "
         "pipeline.train experiment=quickstart), or give init_from=<a run directory>.")
+
+
+# --- plan ----------------------------------------------------------------------------------------------------------
+
+def test_plan_prices_each_method() -> None:
+    """Pairs put chosen and rejected through the model together: the parts that grow with the batch double; the
+    reference's and KTO's forwards without gradients keep no memory, and are said in a note."""
+    from pipeline.model.skeleton import build_meta_model
+    from pipeline.plan.estimate import estimate
+
+    priced = {}
+    for method in ("sft", "dpo", "orpo", "simpo", "kto"):
+        run = to_runconfig(compose("model=llama3_1_8b", f"method={method}", f"data.source={DATA / 'tiny_dpo.jsonl'}"))
+        model = build_meta_model(run.model, True)
+        priced[method] = estimate(model, run, list(run.lora.target_modules), seq_len=1024)
+    sft = priced["sft"].vram_parts
+    for method, result in priced.items():
+        times = 2 if method in ("dpo", "orpo", "simpo") else 1
+        for part in ("activations", "logits"):
+            assert result.vram_parts[part] == pytest.approx(times * sft[part])
+        assert result.vram_parts["base_weights"] == sft["base_weights"]
+        notes = [n for n in result.notes if n.startswith(f"method={method}")]
+        assert (not notes) if method == "sft" else len(notes) == 1
+    assert "no reference model" in priced["orpo"].notes[-1] and "33% to a step's compute" in priced["dpo"].notes[-1]
+
+
+@pytest.mark.e2e
+def test_a_sweep_over_beta(tmp_path: Path, home: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("pipeline.train", "-m", "experiment=quickstart", "logger=none", "method=dpo",
+                     f"data.source={DATA / 'tiny_dpo.jsonl'}", "method.beta=0.05,0.5", "trainer.max_steps=3",
+                     f"hydra.sweep.dir={sweep}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    import yaml
+
+    betas = [yaml.safe_load((sweep / str(job) / "config.resolved.yaml").read_text())["method"]["beta"]
+             for job in (0, 1)]
+    assert betas == [0.05, 0.5] and "method.beta=0.05" in (sweep / "sweep_summary.md").read_text()

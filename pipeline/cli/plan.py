@@ -52,8 +52,10 @@ def print_plan(result: dict) -> None:
           f"{selected['vram_gib_checkpointing_flipped']:.2f} GiB")
     for note in selected["notes"]:
         print(f"note: {note}")
-    print(f"\nwill it fit? the largest micro-batch at {s['priced_length']} tokens (yours: {s['batch_size']}; ! where "
-          "it does not fit), or what a micro-batch of 1 lacks:")
+    sample = "" if s["sequences_per_sample"] == 1 else f", a sample being {s['sequences_per_sample']} sequences " \
+        f"(method={s['method']})"
+    print(f"\nwill it fit? the largest micro-batch at {s['priced_length']} tokens (yours: {s['batch_size']}{sample}; ! "
+          "where it does not fit), or what a micro-batch of 1 lacks:")
     print(format_fit(result["presets"], result["selected"], s["batch_size"]))
 
 

@@ -54,6 +54,32 @@ def preview_indices(dataset: Any, count: int) -> list[int]:
     return [richest, *[i for i in range(len(dataset)) if i != richest][:count - 1]]
 
 
+def preview(train: Any, tokenizer: Any, count: int, colour: bool) -> None:
+    legend = f"{GREEN}trained{RESET}" if colour else "[[trained]]"
+    print(f"\n{count} training samples, the one with the most trained spans first ({legend} tokens carry the loss):")
+    for index in preview_indices(train, count):
+        row = train[index]
+        print(f"--- sample {index} ({len(row['input_ids'])} tokens)")
+        print(render(row["input_ids"], row["labels"], tokenizer, colour))
+
+
+def preview_preferences(train: Any, tokenizer: Any, count: int, colour: bool) -> None:
+    """The first rows as TRL's trainer renders them: the prompt, then each answer (marked: what is scored)."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    mark = (lambda text: f"{GREEN}{text}{RESET}") if colour else (lambda text: f"[[{text}]]")
+    print(f"\n{count} training samples as the trainer renders them (the {mark('answers')} are scored):")
+    for index in range(min(count, len(train))):
+        row = maybe_apply_chat_template(train[index], tokenizer)
+        print(f"--- sample {index}")
+        print(row["prompt"], end="")
+        for key in ("chosen", "rejected", "completion"):
+            if key in row:
+                label = f" ({'desirable' if train[index]['label'] else 'undesirable'})" if key == "completion" \
+                    else ""
+                print(f"\n{key}{label}: {mark(row[key])}")
+
+
 def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -> dict:
     from pipeline.data import formats, prepare, sources
     from pipeline.model.loading import check_local_model, load_tokenizer
@@ -71,13 +97,10 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))
     for name, stats in prepared.stats.items():
         print(f"{name}: {prepare.describe(stats)}")
-    legend = f"{GREEN}trained{RESET}" if colour else "[[trained]]"
-    print(f"\n{run.data.preview_samples} training samples, the one with the most trained spans first ({legend} "
-          "tokens carry the loss):")
-    for index in preview_indices(prepared.train, run.data.preview_samples):
-        row = prepared.train[index]
-        print(f"--- sample {index} ({len(row['input_ids'])} tokens)")
-        print(render(row["input_ids"], row["labels"], tokenizer, colour))
+    if built.kind == "sft":
+        preview(prepared.train, tokenizer, run.data.preview_samples, colour)
+    else:
+        preview_preferences(prepared.train, tokenizer, run.data.preview_samples, colour)
     report = {"from_cache": prepared.from_cache, "cache_dir": str(prepared.cache_dir), **prepared.stats_dict()}
     write_atomically(run_dir / "data_stats.json", json.dumps(report, indent=2) + "\n")
     write_hydra_files(run_dir, hydra_files)

@@ -79,6 +79,34 @@ def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int,
     return quantized_params * per_weight + scales + other_params * other_bytes
 
 
+# per sample: sequences through the model with gradients, and forwards without them (the reference, KTO's KL term)
+METHOD_PASSES = {"sft": (1, 0), "dpo": (2, 2), "orpo": (2, 0), "simpo": (2, 0), "kto": (1, 3)}
+
+
+def method_passes(run: Any) -> tuple[int, int]:
+    method = getattr(run, "method", None)
+    return METHOD_PASSES[method.name if method is not None else "sft"]
+
+
+def method_note(run: Any) -> str | None:
+    """What the method costs beside SFT, in words: memory grows with the sequences that keep gradients; the forwards
+    without them keep no activations (their log-probabilities are reduced before the policy's forward), only time."""
+    name = run.method.name if getattr(run, "method", None) is not None else "sft"
+    if name == "sft":
+        return None
+    graded, free = METHOD_PASSES[name]
+    what = {"dpo": "chosen and rejected answers go through the model together, and the reference (the adapter "
+                   "switched off) scores both without gradients",
+            "orpo": "chosen and rejected answers go through the model together; no reference model",
+            "simpo": "chosen and rejected answers go through the model together; no reference model",
+            "kto": "each answer, then without gradients a mismatched answer for the KL term, and the reference on "
+                   "both"}[name]
+    # a forward is about a third of a training step's compute (forward and backward)
+    extra = f"; its {free} forwards without gradients add about {free / (3 * graded):.0%} to a step's compute and " \
+            "keep no memory" if free else ""
+    return f"method={name}: {what}: priced as {graded} sequence{'s' if graded > 1 else ''} a sample{extra}"
+
+
 def activation_bytes(config: Any, run: Any, target_modules: list[str], seq_len: int) -> float:
     """Activations kept for backward for one micro-batch, in bf16.
 
@@ -97,7 +125,7 @@ def activation_bytes(config: Any, run: Any, target_modules: list[str], seq_len: 
                    + h * any(k in names for k in ("gate", "up_proj", "c_fc", "fc1", "dense_h_to_4h"))
                    + inter * any(k in names for k in ("down", "fc2", "mlp.c_proj", "dense_4h_to_h")))
     per_token_layer = 4 * h + 2 * kv_dim + 3 * inter + lora_inputs + run.lora.r * len(target_modules)
-    tokens = run.trainer.per_device_train_batch_size * seq_len
+    tokens = run.trainer.per_device_train_batch_size * method_passes(run)[0] * seq_len
     layers = config.num_hidden_layers
     if run.trainer.gradient_checkpointing:
         return (layers * h + per_token_layer) * tokens * ACTIVATION_BYTES
@@ -117,7 +145,7 @@ def logits_bytes(config: Any, run: Any, chunked: bool, seq_len: int) -> float:
 
     A chunked loss only ever holds one chunk of them.
     """
-    tokens = run.trainer.per_device_train_batch_size * seq_len
+    tokens = run.trainer.per_device_train_batch_size * method_passes(run)[0] * seq_len
     return tokens * config.vocab_size * (2 + 4 + 4) / (LOSS_CHUNKS if chunked else 1)
 
 
@@ -157,6 +185,7 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
         "logits": logits_bytes(model.config, run, chunked_loss, seq_len),
     }
     names = list(target_modules) + list(target_parameters or [])
+    priced = [note for note in (method_note(run),) if note]
     return Estimate(target_modules=names, adapted_layers=adapted, trainable_params=trainable,
                     total_params=base_params + trainable, adapter_mb=trainable * adapter_bytes / 2**20,
-                    vram_parts={k: v / GIB for k, v in parts.items()}, notes=list(notes or []))
+                    vram_parts={k: v / GIB for k, v in parts.items()}, notes=[*(notes or []), *priced])

@@ -28,6 +28,10 @@ def fit(vram_parts: dict[str, float], batch_size: int) -> dict[str, dict]:
     result = {}
     for name, mib in GPU_CLASSES.items():
         room = usable_gib(mib) - fixed
+        if per_sample <= 0 < room:  # a model so small its activations round to nothing: any batch fits
+            result[name] = {"usable_gib": round(usable_gib(mib), 2), "fits": True, "max_batch": None,
+                            "short_gib": None}
+            continue
         largest = int(room // per_sample) if per_sample > 0 and room > 0 else 0
         result[name] = {"usable_gib": round(usable_gib(mib), 2), "fits": largest >= batch_size,
                         "max_batch": largest or None,
@@ -36,7 +40,9 @@ def fit(vram_parts: dict[str, float], batch_size: int) -> dict[str, dict]:
 
 
 def cell(gpu: dict) -> str:
-    """`b<=12` (the largest micro-batch that fits), or `-3.1 GiB` (what batch 1 lacks)."""
+    """`b<=12` (the largest micro-batch that fits), `any`, or `-3.1 GiB` (what batch 1 lacks)."""
+    if gpu["max_batch"] is None and gpu["fits"]:
+        return "any"
     return f"b<={gpu['max_batch']}" if gpu["max_batch"] else f"-{gpu['short_gib']:.1f} GiB"
 
 

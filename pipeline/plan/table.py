@@ -57,7 +57,8 @@ def settings_of(run: Any) -> dict:
     return {"r": run.lora.r, "quantization_bits": run.quantization.bits, "double_quant": run.quantization.double_quant,
             "batch_size": t.per_device_train_batch_size, "max_seq_length": estimate.sequence_length(run),
             "gradient_checkpointing": t.gradient_checkpointing,
-            "optimizer": "adamw_8bit" if t.optim == "auto" else t.optim}
+            "optimizer": "adamw_8bit" if t.optim == "auto" else t.optim, "method": run.method.name,
+            "sequences_per_sample": estimate.method_passes(run)[0]}
 
 
 def format_table(result: dict) -> str:
