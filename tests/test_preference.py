@@ -135,7 +135,7 @@ def test_length_policy_counts_what_trls_tokenization_makes(tmp_path: Path, monke
 
 # --- training ------------------------------------------------------------------------------------------------------
 
-SOURCES = {"dpo": "tiny_dpo.jsonl", "orpo": "tiny_dpo_sharegpt.jsonl", "simpo": "tiny_dpo_alpaca.jsonl",
+SOURCES = {"dpo": "tiny_dpo_sharegpt.jsonl", "orpo": "tiny_dpo.jsonl", "simpo": "tiny_dpo_alpaca.jsonl",
            "kto": "tiny_kto.jsonl"}
 LOGGED = {"dpo": {"rewards/margins", "rewards/accuracies", "logps/chosen"}, "orpo": {"nll_loss", "log_odds_ratio"},
           "simpo": {"rewards/margins", "rewards/accuracies"}, "kto": {"kl", "rewards/chosen"}}
@@ -234,7 +234,7 @@ def dpo_run(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     home = base / "home"
     home.mkdir()
     run_dir = base / "run"
-    result = run_cli("pipeline.train", "experiment=quickstart_dpo", f"init_from={finished_run}", "logger=none",
+    result = run_cli("pipeline.train", "experiment=quickstart_dpo", f"init_from={finished_run}",  # W&B offline
                      "eval.before_after=true", f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result.stdout + result.stderr
@@ -251,7 +251,13 @@ def test_quickstart_dpo_prefers_the_right_answer_more_than_its_start(dpo_run: tu
     line = (f"preference accuracy {before['preference_accuracy']:.2f} before -> {after['preference_accuracy']:.2f} "
             f"after on 8 held-out pairs")
     assert line in output and "trained answer: 'Name the animal and its colour." in output
-    assert json.loads((run_dir / "summary.json").read_text())["eval"] == result
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval"] == result
+    # TRL's preference metrics and the evaluation reach the run's W&B run (offline: its files in the run directory)
+    segments = (run_dir / "wandb").glob(f"offline-run-*-{summary['wandb_run_id']}/*.wandb")
+    logged = b"".join(segment.read_bytes() for segment in segments)
+    for key in (b"rewards/margins", b"rewards/accuracies", b"logps/chosen", b"eval/after/preference_accuracy"):
+        assert key in logged, key
 
 
 @pytest.mark.e2e
