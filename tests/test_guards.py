@@ -109,3 +109,20 @@ def test_packed_samples_do_not_attend_to_their_neighbours() -> None:
         leaky = logits(use_cache=True, input_ids=batch["input_ids"], position_ids=batch["position_ids"])
         first = row["seq_lengths"][0]
         assert not torch.allclose(leaky[first:], packed[first:], atol=1e-4)
+
+
+@pytest.mark.parametrize("fp16,stops", [(False, True), (True, False)])
+def test_an_infinite_gradient_norm_under_fp16_is_the_loss_scalers_skipped_step(fp16: bool, stops: bool) -> None:
+    """torch's GradScaler skips a step whose gradients overflow fp16 (the logged norm is inf) and lowers its scale:
+    normal at the start of every fp16 run, on a T4 say. Without fp16 an infinite norm is divergence."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from pipeline.train.callbacks import NumericalGuard
+
+    guard, control, state = NumericalGuard(), TrainerControl(), TrainerState(global_step=1)
+    guard.on_log(SimpleNamespace(fp16=fp16), state, control, logs={"loss": 2.3, "grad_norm": float("inf")})
+    assert (guard.diverged is not None) is stops and control.should_training_stop is stops
+    guard.on_log(SimpleNamespace(fp16=fp16), state, control, logs={"loss": float("nan"), "grad_norm": 1.0})
+    assert guard.diverged is not None  # a non-finite loss stops every run

@@ -184,7 +184,9 @@ class GracefulStop(TrainerCallback):
 
 
 class NumericalGuard(TrainerCallback):
-    """A non-finite loss or gradient norm stops training at once, and nothing from that step on is saved."""
+    """A non-finite loss or gradient norm stops training at once, and nothing from that step on is saved. Under fp16
+    mixed precision an infinite gradient norm is the loss scaler's overflow: that step is skipped and the scale
+    lowered (torch's GradScaler), so there only the loss counts (and the adapter weights, checked at the end)."""
 
     WATCHED = ("loss", "grad_norm", "eval_loss")
 
@@ -193,6 +195,8 @@ class NumericalGuard(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         for key in self.WATCHED:
+            if key == "grad_norm" and getattr(args, "fp16", False):
+                continue
             value = (logs or {}).get(key)
             if self.diverged is None and isinstance(value, float) and not math.isfinite(value):
                 self.diverged = (state.global_step, key, value)
