@@ -119,9 +119,12 @@ def setup_trainer(run: Any, precision: Any, data: Any, model: Any, asked: dict, 
         from pipeline.compat import undo_trl_adapter_cast
 
         undo_trl_adapter_cast(trainer.model, dtype)
-    summary.update(autocast=trainer_lib.autocast_in_effect(trainer),
+    summary.update(trainer=type(trainer).__name__, autocast=trainer_lib.autocast_in_effect(trainer),
                    adapter_dtype=trainer_lib.trainable_dtypes(trainer.model), packing=None)
-    for note in notes(method, run):
+    ran = trainer_lib.autocast_in_effect(trainer)
+    changed = [f"the trainer runs {ran} mixed precision instead of {precision.autocast} (a backend's generated "
+               "trainer chooses its own)"] if ran != precision.autocast else []
+    for note in [*notes(method, run), *changed]:
         summary["notes"].append(note)
         log.info("note: %s", note)
     return trainer

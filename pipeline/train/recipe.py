@@ -281,7 +281,7 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
     reference = trainer_lib.reference_settings(asked)
     trainer = trainer_lib.build_trainer(built.model, data.tokenizer, data.datasets,
                                         trainer_lib.build_sft_config(asked), callbacks, precision, run.backend)
-    summary.update(autocast=trainer_lib.autocast_in_effect(trainer),
+    summary.update(trainer=type(trainer).__name__, autocast=trainer_lib.autocast_in_effect(trainer),
                    adapter_dtype=trainer_lib.trainable_dtypes(trainer.model),
                    trainer_settings=trainer_lib.settings_in_effect(trainer))
     for note in [*notes, *trainer_lib.changed_by_backend(reference, trainer)]:
