@@ -263,7 +263,7 @@ def test_quickstart_dpo_prefers_the_right_answer_more_than_its_start(dpo_run: tu
 @pytest.mark.e2e
 def test_export_and_generate_work_on_a_preference_run(dpo_run: tuple[Path, str], home: Path) -> None:
     """The merged export verifies itself against the DPO adapter's recorded losses (the chosen answers of held-out
-    pairs), and answers like it."""
+    pairs), and answers like it; the GGUF too."""
     run_dir, _ = dpo_run
     result = run_cli("pipeline.export", f"run={run_dir}", "export.dtype=float32", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -272,6 +272,10 @@ def test_export_and_generate_work_on_a_preference_run(dpo_run: tuple[Path, str],
                      "prompt='Name the animal and its colour.\nA red fox sits in the garden.'", home=home)
     assert answer.returncode == 0, answer.stderr[-3000:]
     assert "Animal: fox. Colour: red." in answer.stdout
+    gguf = run_cli("pipeline.export", f"run={run_dir}", "export.format=gguf", home=home)
+    assert gguf.returncode == 0, gguf.stderr[-3000:]
+    figures = json.loads((run_dir / "export" / "gguf" / "export.json").read_text())
+    assert figures["gguf_chat_template_is_the_runs"] is True
 
 
 def test_quickstart_dpo_without_a_quickstart_run_is_one_line(tmp_path: Path, home: Path) -> None:
