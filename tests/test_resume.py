@@ -220,3 +220,15 @@ def test_sigterm_during_set_up_is_one_line_and_143(tmp_path: Path, home: Path) -
     assert stderr.strip().splitlines()[-1].startswith("interrupted: SIGTERM outside the training loop")
     assert "Traceback" not in stderr
     assert summary_of(run_dir)["status"] == "interrupted"
+
+
+def test_a_dpo_run_stops_gracefully_and_resume_completes(tmp_path: Path, home: Path) -> None:
+    dpo = ("method=dpo", f"data.source={REPO / 'assets' / 'data' / 'tiny_dpo.jsonl'}")
+    run_dir = tmp_path / "run"
+    stop_with(signal.SIGINT, run_dir, home, *dpo)
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and summary["method"] == "dpo" and 10 <= summary["global_step"] < STEPS
+    assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")
+    result = run_cli("pipeline.train", *LONG, *dpo, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == STEPS
