@@ -24,6 +24,14 @@ def held_out(run: FinishedRun, tokenizer: Any) -> tuple[Any, Any]:
     from pipeline.data import formats, prepare
 
     config = run.config
+    if config.data.sources:  # several sources: each one's held-out rows, and the mix's tokenized eval set
+        from pipeline.data import mixing
+
+        mixed = mixing.prepare_sources(config, tokenizer, mixing.read_sources(config))
+        if mixed.prepared.eval is None:
+            raise ConfigError("run", f"{run.path} trained without a held-out split (data.val_size=0)",
+                              "train with data.val_size > 0 to evaluate")
+        return [row for b in mixed.built.values() if b.eval is not None for row in b.eval], mixed.prepared.eval
     built = formats.build(config.data, tokenizer, config.seed, template=config.model.chat_template,
                           method=config.method.name)
     if built.eval is None:

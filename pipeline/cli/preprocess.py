@@ -84,10 +84,11 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
     from pipeline.data import formats, prepare, sources
     from pipeline.model.loading import check_local_model, load_tokenizer
     from pipeline.outputs.logs import route_library_logs
-    from pipeline.outputs.rundir import write_atomically, write_hydra_files
 
     check_local_model(run.model.name)  # a path that is not there: said before any import
     sources.quiet_progress_bars()
+    if run.data.sources:
+        return preprocess_sources(run, run_dir, colour, hydra_files)
     raw = formats.read(run.data, run.method.name)  # data mistakes first: they need no tokenizer
     route_library_logs()
     tokenizer = load_tokenizer(run)
@@ -95,16 +96,45 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
     prepared = prepare.prepare(built, tokenizer, run)
     print(f"data: {run.data.source} ({formats.describe(raw.format, run.data.loss_on, built.tools)})"
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))
+    return report(prepared, built.kind, tokenizer, run, run_dir, colour, hydra_files)
+
+
+def preprocess_sources(run: Any, run_dir: Path, colour: bool, hydra_files: tuple) -> dict:
+    """data.sources: each source prepared on its own, then the mix (pipeline.data.mixing)."""
+    from pipeline.data import mixing
+    from pipeline.model.loading import load_tokenizer
+    from pipeline.outputs.logs import route_library_logs
+
+    raws = mixing.read_sources(run)
+    route_library_logs()
+    tokenizer = load_tokenizer(run)
+    mixed = mixing.prepare_sources(run, tokenizer, raws)
+    print(f"data: {mixed.format}")
+    for name, facts in mixed.per_source.items():
+        print(f"source {name}: {facts['in_mix']} of {facts['train_samples']} train samples in the mix "
+              f"({facts['format']}, weight {facts['weight']:g}), {facts['trained_tokens']} trained tokens, "
+              f"{facts['eval_samples']} held out")
+    return report(mixed.prepared, "sft", tokenizer, run, run_dir, colour, hydra_files,
+                  {"data_sources": mixed.per_source})
+
+
+def report(prepared: Any, kind: str, tokenizer: Any, run: Any, run_dir: Path, colour: bool, hydra_files: tuple,
+           extra: dict | None = None) -> dict:
+    """Statistics, the preview, and data_stats.json."""
+    from pipeline.data import prepare
+    from pipeline.outputs.rundir import write_atomically, write_hydra_files
+
     for name, stats in prepared.stats.items():
         print(f"{name}: {prepare.describe(stats)}")
-    if built.kind == "sft":
+    if kind == "sft":
         preview(prepared.train, tokenizer, run.data.preview_samples, colour)
     else:
         preview_preferences(prepared.train, tokenizer, run.data.preview_samples, colour)
-    report = {"from_cache": prepared.from_cache, "cache_dir": str(prepared.cache_dir), **prepared.stats_dict()}
-    write_atomically(run_dir / "data_stats.json", json.dumps(report, indent=2) + "\n")
+    figures = {"from_cache": prepared.from_cache, "cache_dir": str(prepared.cache_dir), **prepared.stats_dict(),
+               **(extra or {})}
+    write_atomically(run_dir / "data_stats.json", json.dumps(figures, indent=2) + "\n")
     write_hydra_files(run_dir, hydra_files)
-    return report
+    return figures
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -75,12 +75,32 @@ class LoraConfig:
     untrained_tokens: str = one_of("train", "train", "refuse")
 
 
+FORMATS = ("auto", "messages", "alpaca", "sharegpt", "text", "prompt_completion")
+
+
 @dataclass
-class DataConfig:
+class SourceConfig:
+    """One of several sources (data.sources.<name>): read and normalized in its own format, then mixed."""
     source: Any = MISSING
     subset: Optional[str] = None
     split: str = "train"
-    format: str = one_of("auto", "auto", "messages", "alpaca", "sharegpt", "text", "prompt_completion")
+    format: str = one_of("auto", *FORMATS)
+    columns: Any = None
+    max_samples: Optional[int] = at_least(1, None, "1000", nullable="all samples")
+    weight: float = checked(1.0, lambda v: v > 0, "must be positive", "0.25")
+
+
+@dataclass
+class DataConfig:
+    source: Any = MISSING
+    # name -> SourceConfig's fields; typed Any so that a whole mapping can be given on the command line (struct mode
+    # refuses new keys in a typed Dict); each entry is checked against SourceConfig in validate
+    sources: Any = None
+    mix: str = one_of("concat", "concat", "interleave")
+    stopping_strategy: str = one_of("first_exhausted", "first_exhausted", "all_exhausted")
+    subset: Optional[str] = None
+    split: str = "train"
+    format: str = one_of("auto", *FORMATS)
     columns: Any = None  # a mapping; typed Any because OmegaConf cannot merge a dict into an Optional[Dict]
     loss_on: str = one_of("responses", "responses", "all")
     mask_history: bool = False

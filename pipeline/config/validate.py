@@ -11,7 +11,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from pipeline.config.schema import METHOD_FIELDS, METHOD_LOSSES, AfterConfig, MethodConfig, TrainConfig
+from pipeline.config.schema import (
+    METHOD_FIELDS,
+    METHOD_LOSSES,
+    AfterConfig,
+    MethodConfig,
+    SourceConfig,
+    TrainConfig,
+)
 from pipeline.errors import ConfigError, did_you_mean
 
 # axolotl's chat_template dataset keys, which people bring along in data.columns: what they ask is what this pipeline
@@ -106,7 +113,10 @@ def schema_fields(schema: Any = TrainConfig, parent: str = "") -> list[tuple[str
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that type-checks but cannot work."""
     validate_values(cfg, TrainConfig)
+    check_sources(cfg)
     for key in ("model.name", "data.source"):
+        if key == "data.source" and cfg.data.sources:  # several sources replace the one
+            continue
         if OmegaConf.is_missing(cfg, key) or OmegaConf.select(cfg, key) in (None, "", []):
             raise ConfigError(key, "is not set", f"pick a preset ({key.split('.')[0]}=...) or give {key}=...")
     _validate_combinations(cfg)
@@ -127,6 +137,48 @@ def validate_values(cfg: DictConfig, schema: Any) -> None:
 
 
 UNSLOTH_MODULES_TO_SAVE = ("lm_head", "embed_tokens")  # FastLanguageModel.get_peft_model's allow-list (+ norms)
+
+
+def check_sources(cfg: DictConfig) -> None:
+    """data.sources: a mapping of names to sources, each entry's keys and values as SourceConfig allows."""
+    sources = cfg.data.get("sources")
+    if not sources:
+        return
+    example = "data.sources={chat: {source: a.jsonl}, instruct: {source: b.jsonl, format: alpaca, weight: 0.25}}"
+    if not isinstance(sources, DictConfig):
+        raise ConfigError("data.sources", f"{sources} is not a mapping of names to sources", f"write it as {example}")
+    allowed = {f.name: f for f in dataclasses.fields(SourceConfig)}
+    for name, entry in sources.items():
+        key = f"data.sources.{name}"
+        if not isinstance(entry, DictConfig):
+            raise ConfigError(key, f"{entry} is not a source", "write it as {source: <path or hub id>, ...}")
+        for field_name in entry:
+            if field_name not in allowed:
+                raise ConfigError(f"{key}.{field_name}", "unknown key",
+                                  did_you_mean(str(field_name), allowed, prefix=f"{key}.") or "remove it")
+        if entry.get("source") in (None, "", []):
+            raise ConfigError(f"{key}.source", "is not set", f"give {key}.source=<path or hub id>")
+        for field_name, f in allowed.items():
+            value = entry.get(field_name, f.default)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{key}.{field_name}", f"'{value}' is not allowed",
+                                  did_you_mean(str(value), map(str, choices)))
+            if "check" in f.metadata and value is not None:
+                holds, must, example_value = f.metadata["check"]
+                if not isinstance(value, int | float) or not holds(value):
+                    raise ConfigError(f"{key}.{field_name}", f"{value} is out of range: {must}",
+                                      f"Use e.g. {key}.{field_name}={example_value}")
+        if cfg.data.mix == "concat" and entry.get("weight", 1.0) != 1.0:
+            raise ConfigError(f"{key}.weight", f"{entry.weight} applies to data.mix=interleave (a sampling "
+                              "probability); data.mix=concat takes every sample of every source",
+                              "set data.mix=interleave, or drop the weight")
+    if cfg.get("method") is not None and cfg.method.name != "sft":
+        raise ConfigError("data.sources", f"mixes SFT data; method={cfg.method.name} reads one source",
+                          "give the preference data as data.source")
+    if cfg.data.eval_source not in (None, "", []):
+        raise ConfigError("data.eval_source", "is one source, and with data.sources each source holds out its own "
+                          "data.val_size", "drop data.eval_source")
 
 
 def check_method(method: Any) -> None:

@@ -36,8 +36,9 @@ def priced_length(run: Any) -> PricedLength:
     limit = sequence_length(run)
     if run.data.packing:
         return PricedLength(limit, "limit", f"{limit} tokens per sample: packing fills every sequence to the limit")
-    if not is_local(run.data.source):
-        return PricedLength(limit, "limit", f"{limit} tokens per sample, the limit: {run.data.source} is not a "
+    given = [s["source"] for s in run.data.sources.values()] if run.data.sources else run.data.source
+    if not is_local(given):
+        return PricedLength(limit, "limit", f"{limit} tokens per sample, the limit: {given} is not a "
                             "local dataset, so its lengths are not known before training")
     try:
         stats = _train_stats(run)
@@ -48,7 +49,7 @@ def priced_length(run: Any) -> PricedLength:
                             f"{run.model.name} cannot be loaded here, so the data's lengths are not known")
     longest = min(stats.max, limit)
     return PricedLength(longest, "data", f"{longest} tokens per sample, the longest training sample of "
-                        f"{run.data.source} (p95 {stats.p95}, limit {limit}; {stats.samples} samples)")
+                        f"{given} (p95 {stats.p95}, limit {limit}; {stats.samples} samples)")
 
 
 def _train_stats(run: Any) -> Any:
@@ -56,6 +57,10 @@ def _train_stats(run: Any) -> Any:
     from pipeline.model.loading import load_tokenizer
 
     sources.quiet_progress_bars()
+    if run.data.sources:
+        from pipeline.data import mixing
+
+        return mixing.prepare_sources(run, load_tokenizer(run), mixing.read_sources(run)).prepared.stats["train"]
     raw = formats.read(run.data, run.method.name)
     tokenizer = load_tokenizer(run)
     built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template, run.method.name)

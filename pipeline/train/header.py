@@ -42,6 +42,9 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
                 f"({formats.describe(data.source_format, run.data.loss_on, data.datasets.tools)}"
                 f"{', from cache' if data.prepared.from_cache else ''})",
+        **({"sources": ", ".join(f"{name}: {f['in_mix']} of {f['train_samples']} train samples in the mix ("
+                                 f"{f['format']}, weight {f['weight']:g}), {f['trained_tokens']} trained tokens"
+                                 for name, f in data.per_source.items())} if data.per_source else {}),
         "train tokens": prepare.describe(data.prepared.stats["train"]),
         "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
                            f"{t.gradient_accumulation_steps} accumulation{processes}",
@@ -57,7 +60,8 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "effective_batch_size": effective_batch, "processes": context.world_size,
         "train_samples": len(data.datasets.train), "eval_samples": len(evaluation) if evaluation else 0,
         "data_format": data.source_format, "data_tools": list(data.datasets.tools),
-        "data_stats": data.prepared.stats_dict(), "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
+        "data_stats": data.prepared.stats_dict(), "data_sources": data.per_source,
+        "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
         "untrained_tokens": built.untrained.as_dict() if built.untrained else None,
     }
 
