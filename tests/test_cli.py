@@ -19,7 +19,8 @@ def test_help_lists_only_what_a_user_can_pick(home: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "_schema" not in result.stdout
     assert "  experiment: compare_presets, gemma2_9b_chat, llama3_1_8b_alpaca, phi3_mini_alpaca, quickstart, " \
-        "quickstart_dpo, quickstart_text, quickstart_tools, qwen2_5_7b_chat, qwen3_8b_chat\n" in result.stdout
+        "quickstart_dpo, quickstart_mix, quickstart_text, quickstart_tools, qwen2_5_7b_chat, qwen3_8b_chat\n" \
+        in result.stdout
     assert "  hparams_search: lora_optuna\n" in result.stdout and "  distributed: ddp, fsdp, none\n" in result.stdout
     assert "  lora/target_modules: all_linear, attention, minimal, mlp" in result.stdout
     assert result.stdout.startswith("python -m pipeline.train: ")
@@ -38,7 +39,7 @@ def test_shell_completion_offers_every_group_from_any_directory(home: Path, tmp_
     assert complete("ft-train", "ft-train experiment=", home, tmp_path) == [
         "experiment=compare_presets", "experiment=gemma2_9b_chat", "experiment=llama3_1_8b_alpaca",
         "experiment=phi3_mini_alpaca", "experiment=quickstart", "experiment=quickstart_dpo",
-        "experiment=quickstart_text",
+        "experiment=quickstart_mix", "experiment=quickstart_text",
         "experiment=quickstart_tools", "experiment=qwen2_5_7b_chat", "experiment=qwen3_8b_chat"]
     assert complete("ft-plan", "ft-plan lora/", home, tmp_path) == ["lora/target_modules="]
 
