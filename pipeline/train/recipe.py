@@ -19,7 +19,6 @@ from typing import Any
 from pipeline.config.context import RunContext
 from pipeline.config.resolved import to_plain_dict
 from pipeline.config.schema import TrainConfig
-from pipeline.data import formats, preference, prepare, sources
 from pipeline.errors import ConfigError, RunFailed, first_line
 from pipeline.model import init_from, targets, untrained
 from pipeline.model.backends import check_options, get_backend
@@ -27,7 +26,6 @@ from pipeline.model.loaded import describe_loaded, quantization_notes
 from pipeline.model.loading import (
     check_local_model,
     load_model,
-    load_tokenizer,
     loaded_from_notes,
     model_load_errors,
 )
@@ -37,6 +35,7 @@ from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
 from pipeline.train import resume as resume_lib
 from pipeline.train import stop
+from pipeline.train.data import Data, read_data, setup_data
 from pipeline.train.distributed import check_launch
 from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
@@ -51,16 +50,6 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted: training stopped after a checkpoint; continue it with resume=auto "
                          f"hydra.run.dir={run_dir}")
         self.exit_code = exit_code
-
-
-@dataclass
-class Data:
-    tokenizer: Any           # the run's one tokenizer: data, trainer, saved adapter
-    datasets: formats.Datasets
-    prepared: prepare.Prepared
-    source_format: str
-    conversation: dict | None = None  # a held-out conversation, as the template rendered it for training
-    per_source: dict | None = None  # data.sources: each source's format, weight and counts
 
 
 @dataclass
@@ -200,55 +189,6 @@ def forget_run(run_dir: RunDirectory) -> None:
 
 
 # --- the stages ---------------------------------------------------------------------------------------------------
-
-def read_data(run: TrainConfig) -> Any:
-    """The rows as read, their format and required fields checked (no tokenizer needed yet): one source's, or each
-    of data.sources'."""
-    sources.quiet_progress_bars()
-    if run.data.sources:
-        from pipeline.data import mixing
-
-        return mixing.read_sources(run)
-    return formats.read(run.data, run.method.name)
-
-
-def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> Data:
-    """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
-    tokenizer = load_tokenizer(run)
-    if run.data.sources:
-        return setup_mixed_data(run, tokenizer, raw, write_cache)
-    built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template, run.method.name)
-    prepared = prepare.prepare(built, tokenizer, run, write_cache)
-    check_batch_fits(run, len(prepared.train))
-    if built.kind != "sft":  # preference rows stay text: TRL's trainer for the method tokenizes them
-        datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, kind=built.kind)
-        return Data(tokenizer, datasets, prepared, built.format, preference.held_out_conversation(prepared))
-    # already tokenized and masked: the trainer keeps the labels and skips its own preparation
-    datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, tools=built.tools)
-    return Data(tokenizer, datasets, prepared, built.format, formats.held_out_conversation(built))
-
-
-def check_batch_fits(run: TrainConfig, samples: int) -> None:
-    t = run.trainer
-    if t.per_device_train_batch_size * t.gradient_accumulation_steps > samples:
-        raise ConfigError("trainer.gradient_accumulation_steps", f"an effective batch of "
-                          f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} is larger than the "
-                          f"{samples} training samples", "lower trainer.per_device_train_batch_size or "
-                          "trainer.gradient_accumulation_steps, or give more data")
-
-
-def setup_mixed_data(run: TrainConfig, tokenizer: Any, raws: dict, write_cache: bool) -> Data:
-    """data.sources: each source prepared as if alone, then mixed (pipeline.data.mixing)."""
-    from pipeline.data import mixing
-
-    mixed = mixing.prepare_sources(run, tokenizer, raws, write_cache)
-    check_batch_fits(run, len(mixed.prepared.train))
-    used = tuple(sorted({part for built in mixed.built.values() for part in built.tools}))
-    datasets = formats.Datasets(mixed.prepared.train, mixed.prepared.eval, mixed.format, False, False, tools=used)
-    first = next(iter(mixed.built.values()))
-    return Data(tokenizer, datasets, mixed.prepared, mixed.format, formats.held_out_conversation(first),
-                mixed.per_source)
-
 
 def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: Precision, data: Data) -> Model:
     """Targets checked on a weightless skeleton, then the weights loaded, checked again, their untrained rows that
