@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import CONF, compose, group_options
@@ -19,9 +21,18 @@ def test_every_group_option_composes_and_validates(group: str, option: str) -> N
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
-def test_every_experiment_composes_and_validates(experiment: str) -> None:
+def test_every_experiment_composes_and_validates(experiment: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # quickstart_dpo continues the newest completed quickstart run under outputs/: a finished one and a newer
+    # failed one here
+    monkeypatch.chdir(tmp_path)
+    for name, status in (("01-00-00_quickstart", "completed"), ("02-00-00_quickstart", "failed")):
+        (tmp_path / "outputs" / "2026-12-06" / name).mkdir(parents=True)
+        (tmp_path / "outputs" / "2026-12-06" / name / "summary.json").write_text(json.dumps({"status": status}))
     run = to_runconfig(compose(f"experiment={experiment}"))
     assert run.name == experiment  # each experiment names its runs after itself
+    if experiment == "quickstart_dpo":
+        assert run.init_from == str(tmp_path / "outputs" / "2026-12-06" / "01-00-00_quickstart")
 
 
 def test_defaults_are_the_qlora_recipe() -> None:
