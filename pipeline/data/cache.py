@@ -1,22 +1,70 @@
 """The prepared-data cache: tokenized train/eval sets keyed by all that decides them, written whole or not at all.
 
-Lives under ~/.cache/llm-finetune/prepared (or FT_DATA_CACHE). The key covers the data config, the source files
-(path, size, mtime), the tokenizer and template, the length limit, the seed, and which code prepared the data.
+Lives under ~/.cache/llm-finetune/prepared (or FT_DATA_CACHE). The key is computed from the raw inputs alone, before
+anything is read or imported: the data config, the source files (path, size, mtime), the tokenizer's own files (or a
+hub model's commit), the chat template asked for and the backend that applies it, the length limit, the seed, the
+method, the code that prepares the data (a hash of pipeline/data) and the versions of the libraries that tokenize.
+A cached run then maps the stored Arrow files without reading its sources again (`meta.json` holds what the run
+needs besides the rows).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.compat import trl_preparer_name
 
+CODE = Path(__file__).parent  # pipeline/data: any edit to its files (a comment too) prepares the data again
+LIBRARIES = ("trl", "transformers", "tokenizers", "datasets", "jinja2", "unsloth", "unsloth_zoo")
+TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template.*|vocab.*|"
+                             r"merges\.txt|.*\.model|config\.json)$")
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("FT_DATA_CACHE", Path.home() / ".cache" / "llm-finetune" / "prepared"))
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The data code and the tokenizing libraries' versions (read from their metadata: nothing is imported)."""
+    from importlib import metadata
+
+    versions = []
+    for name in LIBRARIES:
+        try:
+            versions.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} absent")
+    return _digest(sorted(CODE.glob("*.py"))) + ";" + ",".join(versions)
+
+
+def tokenizer_fingerprint(run: Any) -> list | None:
+    """The tokenizer as files say it is: a local model's tokenizer files, or a hub model's commit as the local hub
+    cache records it; None while a hub model's tokenizer has not been downloaded."""
+    folder = Path(run.model.name).expanduser()
+    if folder.is_dir():
+        return ["local", _digest(sorted(f for f in folder.iterdir() if f.is_file() and TOKENIZER_FILES.match(f.name)))]
+    revision = run.model.revision
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return ["hub", run.model.name, revision]
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
+                                                       "huggingface") / "hub")
+    ref = hub / f"models--{run.model.name.replace('/', '--')}" / "refs" / (revision or "main")
+    return ["hub", run.model.name, ref.read_text().strip()] if ref.is_file() else None
 
 
 def _source_fingerprint(source: Any) -> list:
@@ -32,17 +80,72 @@ def _source_fingerprint(source: Any) -> list:
     return items
 
 
-def cache_key(run: Any, tokenizer: Any, max_length: int) -> str:
+def cache_key(run: Any, max_length: int) -> str | None:
+    """The key of `run`'s prepared data, from its inputs alone; None when the tokenizer is not known from files."""
+    from omegaconf import OmegaConf
+
+    tokenizer = tokenizer_fingerprint(run)
+    if tokenizer is None:
+        return None
+    data = OmegaConf.to_container(OmegaConf.structured(run.data), resolve=True)
+    data.pop("num_proc", None)  # how many processes tokenize does not change what they make
+    method = OmegaConf.to_container(OmegaConf.structured(run.method)) if hasattr(run, "method") else None
+    key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
+           "model": run.model.name, "tokenizer": tokenizer, "chat_template": run.model.chat_template,
+           "backend": run.backend, "max_length": max_length, "seed": run.seed, "preparer": trl_preparer_name(),
+           "method": method}
+    return _hash({**key, "code": code_fingerprint()})
+
+
+def _hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def record_lineage(run: Any, max_length: int, folder: Path) -> None:
+    """Remember which code made the data for these inputs, so that a later miss can say the code changed."""
+    lineage = folder.parent / "lineage" / f"{_inputs_key(run, max_length)}.json"
+    lineage.parent.mkdir(parents=True, exist_ok=True)
+    lineage.write_text(json.dumps({"code": code_fingerprint(), "folder": folder.name}))
+
+
+def _inputs_key(run: Any, max_length: int) -> str:
+    """The key without the code: the same inputs, whatever code prepares them."""
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(OmegaConf.structured(run.data), resolve=True)
-    data.pop("num_proc", None)  # how many processes tokenize does not change what they make
-    key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
-           "model": run.model.name, "template": getattr(tokenizer, "chat_template", None),
-           "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token], "max_length": max_length,
-           "seed": run.seed, "preparer": trl_preparer_name(), "version": 5,
-           "method": OmegaConf.to_container(OmegaConf.structured(run.method)) if hasattr(run, "method") else None}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    data.pop("num_proc", None)
+    return _hash({"data": data, "sources": _source_fingerprint(run.data.source), "model": run.model.name,
+                  "tokenizer": tokenizer_fingerprint(run), "max_length": max_length, "seed": run.seed,
+                  "chat_template": run.model.chat_template, "backend": run.backend})
+
+
+def why_not_cached(run: Any, max_length: int) -> str | None:
+    """Why data prepared before from the same inputs is not used: the code or a library that prepares it changed."""
+    lineage = cache_root() / "lineage" / f"{_inputs_key(run, max_length)}.json"
+    if not lineage.is_file():
+        return None
+    before = json.loads(lineage.read_text())["code"]
+    if before == code_fingerprint():
+        return None
+    changed = "the data code (pipeline/data)" if before.split(";")[0] != code_fingerprint().split(";")[0] else \
+        "a library that tokenizes (" + ", ".join(sorted(set(code_fingerprint().split(";")[1].split(",")) -
+                                                         set(before.split(";")[1].split(",")))) + ")"
+    return f"prepared again: {changed} changed since these inputs were cached"
+
+
+def cache_folder(run: Any, max_length: int) -> Path | None:
+    """Where `run`'s prepared data is (or goes); None when it cannot be cached (data.cache=false, key unknown)."""
+    if not run.data.cache:
+        return None
+    key = cache_key(run, max_length)
+    return None if key is None else cache_root() / key
+
+
+def load_meta(folder: Path | None) -> dict | None:
+    """What a cached run needs besides the rows (format, tools, kind, a held-out conversation); None if not cached."""
+    if folder is None or not (folder / "meta.json").is_file() or not (folder / "stats.json").is_file():
+        return None
+    return json.loads((folder / "meta.json").read_text())
 
 
 def load_cached(folder: Path) -> Any:
@@ -58,7 +161,7 @@ def load_cached(folder: Path) -> Any:
     return Prepared(load_from_disk(str(folder / "train")), evaluation, stats, folder, from_cache=True)
 
 
-def save_cached(folder: Path, prepared: Any) -> None:
+def save_cached(folder: Path, prepared: Any, meta: dict) -> None:
     """Whole or not at all: written beside, then renamed (a failed write leaves nothing)."""
     import shutil
 
@@ -69,6 +172,7 @@ def save_cached(folder: Path, prepared: Any) -> None:
         if prepared.eval is not None:
             prepared.eval.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,10 +4,12 @@ normalized, tokenized and masked by TRL's own code, length-checked and cached (o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import TrainConfig
 from pipeline.data import formats, preference, prepare, sources
+from pipeline.data.cache import cache_folder, load_cached, load_meta
 from pipeline.errors import ConfigError
 from pipeline.model.loading import load_tokenizer
 
@@ -22,22 +24,35 @@ class Data:
     per_source: dict | None = None  # data.sources: each source's format, weight and counts
 
 
+@dataclass
+class Cached:
+    """Data prepared before from the same inputs: the cache folder and what the run needs besides the rows."""
+    folder: Path
+    meta: dict
+
+
 def read_data(run: TrainConfig) -> Any:
     """The rows as read, their format and required fields checked (no tokenizer needed yet): one source's, or each
-    of data.sources'."""
+    of data.sources'. Data the cache holds from the same inputs (its key needs no reading) is not read at all."""
     sources.quiet_progress_bars()
     if run.data.sources:
         from pipeline.data import mixing
 
         return mixing.read_sources(run)
+    folder = cache_folder(run, run.data.max_length or run.model.max_seq_length)
+    meta = load_meta(folder)
+    if meta is not None:
+        return Cached(folder, meta)
     return formats.read(run.data, run.method.name)
 
 
-def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> Data:
+def setup_data(run: TrainConfig, raw: Any, write_cache: bool = True) -> Data:
     """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
     tokenizer = load_tokenizer(run)
     if run.data.sources:
         return setup_mixed_data(run, tokenizer, raw, write_cache)
+    if isinstance(raw, Cached):
+        return from_cache(run, tokenizer, raw)
     built = formats.build(run.data, tokenizer, run.seed, raw, run.model.chat_template, run.method.name)
     prepared = prepare.prepare(built, tokenizer, run, write_cache)
     check_batch_fits(run, len(prepared.train))
@@ -47,6 +62,17 @@ def setup_data(run: TrainConfig, raw: formats.Raw, write_cache: bool = True) -> 
     # already tokenized and masked: the trainer keeps the labels and skips its own preparation
     datasets = formats.Datasets(prepared.train, prepared.eval, built.format, False, False, tools=built.tools)
     return Data(tokenizer, datasets, prepared, built.format, formats.held_out_conversation(built))
+
+
+def from_cache(run: TrainConfig, tokenizer: Any, cached: Cached) -> Data:
+    """The stored Arrow files, mapped: the sources are not read or normalized again."""
+    prepared = load_cached(cached.folder)
+    prepare.warn_about_drops(prepared.stats)
+    check_batch_fits(run, len(prepared.train))
+    meta = cached.meta
+    datasets = formats.Datasets(prepared.train, prepared.eval, meta["format"], False, False,
+                                tools=tuple(meta["tools"]), kind=meta["kind"])
+    return Data(tokenizer, datasets, prepared, meta["format"], meta["conversation"])
 
 
 def check_batch_fits(run: TrainConfig, samples: int) -> None:

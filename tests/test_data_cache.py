@@ -1,0 +1,81 @@
+"""The prepared-data cache: keyed on the raw inputs and the code that prepares them, looked up before the sources
+are read, and saying why it was not used when the code changed."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose
+
+from pipeline.config import to_runconfig
+from pipeline.data import cache, formats, prepare
+
+
+def quickstart(*overrides: str):
+    return to_runconfig(compose("experiment=quickstart", "eval.before_after=false", *overrides))
+
+
+def prepared(run):  # noqa: ANN001, ANN201
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
+    return prepare.prepare(formats.build(run.data, tokenizer, run.seed), tokenizer, run)
+
+
+def test_a_cached_run_does_not_read_its_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key needs no reading: the second run maps the stored files and never calls the readers."""
+    from pipeline.train.data import Cached, read_data, setup_data
+
+    run = quickstart()
+    first = setup_data(run, read_data(run))
+    assert not first.prepared.from_cache
+
+    def no_reading(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the sources were read again")
+
+    monkeypatch.setattr(formats, "read", no_reading)
+    raw = read_data(run)
+    assert isinstance(raw, Cached)
+    second = setup_data(run, raw)
+    assert second.prepared.from_cache and second.source_format == first.source_format == "messages"
+    assert second.prepared.train["input_ids"] == first.prepared.train["input_ids"]
+    assert second.conversation == first.conversation  # what export checks the template against
+
+
+def test_an_edit_to_the_data_code_prepares_again_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    code = tmp_path / "data"
+    shutil.copytree(REPO / "pipeline" / "data", code)
+    monkeypatch.setattr(cache, "CODE", code)
+    cache.code_fingerprint.cache_clear()
+    try:
+        run = quickstart()
+        assert not prepared(run).from_cache
+        assert prepared(run).from_cache
+        with (code / "formats.py").open("a") as f:
+            f.write("# a comment is an edit too\n")
+        cache.code_fingerprint.cache_clear()
+        with caplog.at_level(logging.INFO, logger="pipeline.data.prepare"):
+            again = prepared(run)
+        assert not again.from_cache
+        assert "data: prepared again: the data code (pipeline/data) changed since these inputs were cached" in \
+            caplog.text
+    finally:
+        cache.code_fingerprint.cache_clear()  # the next test's fingerprint is the repository's code again
+
+
+def test_the_key_follows_the_tokenizer_files_and_the_template(tmp_path: Path) -> None:
+    """A tokenizer file changed, another chat template asked for, or another backend applying it: another key."""
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "assets" / "tiny-llama", model)
+    run = quickstart(f"model.name={model}")
+    key = cache.cache_key(run, 256)
+    assert cache.cache_key(quickstart(f"model.name={model}", "model.chat_template=llama-3.1"), 256) != key
+    assert cache.cache_key(quickstart(f"model.name={model}", "backend=hf"), 256) != key
+    config = model / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"model_max_length"', '"model_max_length" ', 1) + "\n")
+    assert cache.cache_key(run, 256) != key
+    assert cache.cache_key(quickstart("model.name=nobody/not-downloaded"), 256) is None  # not known from files
