@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ CONF = REPO / "conf"
 # Two xdist workers each running a CLI whose torch takes every core oversubscribe the CPU, and torch's threads then
 # spin against each other: two concurrent quickstarts took 164 s with default threads, 47 s with one thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# datasets' own cache of read files and mapped rows, per test process (never a user's shared one)
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
 # the environment as the test session found it: importing unsloth in-process (some tests do) sets variables such as
 # HF_HUB_ENABLE_HF_TRANSFER, which must not leak into the CLI runs of later tests
 SESSION_ENV = dict(os.environ)

@@ -79,3 +79,47 @@ def test_the_key_follows_the_tokenizer_files_and_the_template(tmp_path: Path) ->
     config.write_text(config.read_text().replace('"model_max_length"', '"model_max_length" ', 1) + "\n")
     assert cache.cache_key(run, 256) != key
     assert cache.cache_key(quickstart("model.name=nobody/not-downloaded"), 256) is None  # not known from files
+
+
+def test_an_edited_helper_of_a_mapped_function_changes_the_next_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets fingerprints a mapped function without the helpers it calls: were its own cache used, the second
+    build would hand back the first one's rows."""
+    from transformers import AutoTokenizer
+
+    run = quickstart(f"data.source={REPO / 'assets' / 'data' / 'tiny_alpaca.jsonl'}", "data.format=alpaca")
+    tokenizer = AutoTokenizer.from_pretrained(run.model.name)
+    first = formats.build(run.data, tokenizer, run.seed)
+    monkeypatch.setattr(formats, "_text", lambda value: "" if value is None else str(value).upper())
+    second = formats.build(run.data, tokenizer, run.seed)
+    assert first.train[0]["completion"][0]["content"].upper() == second.train[0]["completion"][0]["content"]
+    assert first.train[0]["completion"][0]["content"] != second.train[0]["completion"][0]["content"]
+
+
+def test_the_held_out_split_follows_the_seed() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "assets" / "tiny-llama")
+
+    def held_out(seed: int) -> list:
+        run = quickstart(f"seed={seed}")
+        return formats.build(run.data, tokenizer, run.seed).eval["messages"]
+
+    assert held_out(3407) == held_out(3407) and held_out(3407) != held_out(1)
+
+
+def test_evaluate_rebuilds_the_rows_the_run_recorded(finished_run: Path) -> None:
+    """The quickstart's adapter/reference.json holds its first held-out samples as training tokenized them;
+    evaluate's held-out split rebuilt from the recorded config starts with exactly those."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from pipeline.after.evaluate import held_out
+    from pipeline.after.finished import open_finished_run
+
+    run = open_finished_run(str(finished_run))
+    recorded = json.loads((finished_run / "adapter" / "reference.json").read_text())["samples"]
+    _, tokenized = held_out(run, AutoTokenizer.from_pretrained(finished_run / "adapter"))
+    rebuilt = [{"input_ids": row["input_ids"], "labels": row["labels"]}
+               for row in tokenized.select(range(len(recorded)))]
+    assert rebuilt == recorded

@@ -135,6 +135,10 @@ def test_sweep_summary_over_presets_and_ranks_lists_failed_jobs_too(tmp_path: Pa
     assert result.returncode == 2  # the r=0 jobs are refused (the catalog has the stderr lines)
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert len(rows) == 12 and (sweep / "sweep_summary.md").is_file() and (sweep / "sweep.png").stat().st_size > 0
+    grid = [(preset, r) for preset in ("all_linear", "attention", "minimal", "mlp") for r in ("4", "8", "0")]
+    for row in rows:  # each row names its own job's overrides (Hydra's grid order), a failed job's too
+        preset, r = grid[int(row["job"])]
+        assert f"lora/target_modules={preset}" in row["overrides"] and f"lora.r={r}" in row["overrides"], row
     failed = [row for row in rows if row["status"] == "failed"]
     assert len(failed) == 4
     for row in failed:  # each with its own line; a job refused at set-up leaves no run directory

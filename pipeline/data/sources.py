@@ -42,7 +42,12 @@ def local_files(source: str, key: str = "data.source") -> list[str] | None:
 
 def load_source(data: Any, source: Any = None, key: str = "data.source") -> Any:
     """One `datasets.Dataset` from data.source (or `source`, read for `key`): a string or a list, concatenated."""
-    from datasets import concatenate_datasets
+    from datasets import concatenate_datasets, disable_caching
+
+    # datasets caches each .map() by a fingerprint of the mapped function that misses edits to the helpers it
+    # calls, and would hand an upgraded pipeline rows its old code made: our own cache (keyed on the data code)
+    # keeps the prepared result, so the steps in between are not cached (the files read still are)
+    disable_caching()
 
     source = data.source if source is None else source
     sources = source if isinstance(source, list) else [source]
