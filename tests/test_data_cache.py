@@ -58,7 +58,7 @@ def test_an_edit_to_the_data_code_prepares_again_and_says_why(tmp_path: Path, mo
         with (code / "formats.py").open("a") as f:
             f.write("# a comment is an edit too\n")
         cache.code_fingerprint.cache_clear()
-        with caplog.at_level(logging.INFO, logger="pipeline.data.prepare"):
+        with caplog.at_level(logging.INFO, logger="pipeline.data.cache"):
             again = prepared(run)
         assert not again.from_cache
         assert "data: prepared again: the data code (pipeline/data) changed since these inputs were cached" in \

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from pipeline.compat import trl_preparer_name
 
+log = logging.getLogger(__name__)
 CODE = Path(__file__).parent  # pipeline/data: any edit to its files (a comment too) prepares the data again
 LIBRARIES = ("trl", "transformers", "tokenizers", "datasets", "jinja2", "unsloth", "unsloth_zoo")
 TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template.*|vocab.*|"
@@ -176,3 +178,29 @@ def save_cached(folder: Path, prepared: Any, meta: dict) -> None:
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lookup(run: Any, max_length: int) -> tuple[Path | None, Any]:
+    """(where `run`'s prepared data goes, the sets stored there or None); a miss that a change of the data code or
+    of a library explains is said in one line."""
+    folder = cache_folder(run, max_length)
+    if folder is None:
+        return None, None
+    cached = load_cached(folder)
+    if cached is None and (reason := why_not_cached(run, max_length)):
+        log.info("data: %s", reason)
+    return folder, cached
+
+
+def store(run: Any, max_length: int, folder: Path | None, prepared: Any, meta: dict, write: bool) -> None:
+    """The prepared sets into the cache (not by the processes of a launch other than rank 0: `write`). A cache is
+    a saving, not a result: one that cannot be written leaves the run going, and says so."""
+    if folder is None or not write or folder.exists():
+        return
+    try:
+        save_cached(folder, prepared, meta)
+        record_lineage(run, max_length, folder)
+    except OSError as error:
+        log.warning("data: cache not written (%s: %s); set FT_DATA_CACHE to a writable folder or data.cache=false",
+                    folder, error.strerror or error)
+        prepared.cache_dir = None

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.cache import cache_folder, load_cached, record_lineage, save_cached, why_not_cached
-from pipeline.data.formats import Datasets
+from pipeline.data.cache import lookup, store
+from pipeline.data.formats import Datasets, held_out_conversation
 from pipeline.data.turns import mask_assistant_turns
 from pipeline.errors import ConfigError, first_line
 
@@ -190,12 +190,10 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
         return prepare_preference.prepare(datasets, tokenizer, run, write_cache)
     max_length = run.data.max_length or run.model.max_seq_length
     policy = length_policy(run.data.overlength, datasets.format)
-    folder = cache_folder(run, max_length)
-    if folder is not None and (cached := load_cached(folder)) is not None:
+    folder, cached = lookup(run, max_length)
+    if cached is not None:
         warn_about_drops(cached.stats)
         return cached
-    if folder is not None and (reason := why_not_cached(run, max_length)):
-        log.info("data: %s", reason)
     parts, stats = {}, {}
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:
@@ -209,18 +207,9 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     warn_about_drops(stats)
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder, False)
-    if folder is not None and write_cache and not folder.exists():
-        from pipeline.data.formats import held_out_conversation
-
-        meta = {"format": datasets.format, "tools": list(datasets.tools), "kind": datasets.kind,
-                "conversation": held_out_conversation(datasets)}
-        try:
-            save_cached(folder, prepared, meta)
-            record_lineage(run, max_length, folder)
-        except OSError as error:  # a cache is a saving, not a result: the run goes on without it, and says so
-            log.warning("data: cache not written (%s: %s); set FT_DATA_CACHE to a writable folder or "
-                        "data.cache=false", folder, error.strerror or error)
-            prepared.cache_dir = None
+    store(run, max_length, folder, prepared, {"format": datasets.format, "tools": list(datasets.tools),
+                                              "kind": datasets.kind, "conversation": held_out_conversation(datasets)},
+          write_cache)
     return prepared
 
 

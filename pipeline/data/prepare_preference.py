@@ -8,16 +8,14 @@ for the trainer to cut: data.overlength=truncate, DPO and KTO) and counted, as f
 
 from __future__ import annotations
 
-import logging
 import statistics
 from typing import Any
 
-from pipeline.data.cache import cache_folder, load_cached, record_lineage, save_cached, why_not_cached
+from pipeline.data.cache import lookup, store
 from pipeline.data.preference import PAIRS, held_out_conversation
 from pipeline.data.prepare import LengthStats, Prepared, warn_about_drops
 from pipeline.errors import ConfigError
 
-log = logging.getLogger(__name__)
 TRUNCATED_BY_TRL = ("dpo", "kto")  # trainers whose collator cuts a long sequence (keep_start); ORPO's and CPO's cannot
 
 
@@ -77,12 +75,10 @@ def prepare(datasets: Any, tokenizer: Any, run: Any, write_cache: bool = True) -
 
     max_length = run.data.max_length or run.model.max_seq_length
     policy = length_policy(run.data.overlength, run.method.name)
-    folder = cache_folder(run, max_length)
-    if folder is not None and (cached := load_cached(folder)) is not None:
+    folder, cached = lookup(run, max_length)
+    if cached is not None:
         warn_about_drops(cached.stats)
         return cached
-    if folder is not None and (reason := why_not_cached(run, max_length)):
-        log.info("data: %s", reason)
     parts, stats = {}, {}
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:
@@ -92,12 +88,6 @@ def prepare(datasets: Any, tokenizer: Any, run: Any, write_cache: bool = True) -
                                                        run.method.max_prompt_length, policy, name)
     warn_about_drops(stats)
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder, False)
-    if folder is not None and write_cache and not folder.exists():
-        meta = {"format": datasets.format, "tools": [], "kind": datasets.kind,
-                "conversation": held_out_conversation(prepared)}
-        try:
-            save_cached(folder, prepared, meta)
-            record_lineage(run, max_length, folder)
-        except OSError:  # a cache is a saving: the run goes on without it (prepare.prepare says the same for SFT)
-            prepared.cache_dir = None
+    store(run, max_length, folder, prepared, {"format": datasets.format, "tools": [], "kind": datasets.kind,
+                                              "conversation": held_out_conversation(prepared)}, write_cache)
     return prepared
