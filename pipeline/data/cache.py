@@ -69,15 +69,16 @@ def tokenizer_fingerprint(run: Any) -> list | None:
     return ["hub", run.model.name, ref.read_text().strip()] if ref.is_file() else None
 
 
-def _source_fingerprint(source: Any) -> list:
-    """Local files by path, size and mtime (so an edit invalidates the cache); hub ids by name."""
+def _source_fingerprint(source: Any, key: str = "data.source") -> list:
+    """Local files by path, size and mtime (so an edit invalidates the cache); hub ids by name. A file that is not
+    there is named by `key` (the lookup comes before the data is read)."""
     from pipeline.data.sources import local_files
 
     items = []
     for s in source if isinstance(source, list) else [source]:
         if s is None:
             continue
-        files = local_files(str(s)) or []
+        files = local_files(str(s), key) or []
         items.append([str(s), [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]])
     return items
 
@@ -92,7 +93,8 @@ def cache_key(run: Any, max_length: int) -> str | None:
     data = OmegaConf.to_container(OmegaConf.structured(run.data), resolve=True)
     data.pop("num_proc", None)  # how many processes tokenize does not change what they make
     method = OmegaConf.to_container(OmegaConf.structured(run.method)) if hasattr(run, "method") else None
-    key = {"data": data, "sources": _source_fingerprint(run.data.source) + _source_fingerprint(run.data.eval_source),
+    key = {"data": data, "sources": _source_fingerprint(run.data.source) +
+           _source_fingerprint(run.data.eval_source, "data.eval_source"),
            "model": run.model.name, "tokenizer": tokenizer, "chat_template": run.model.chat_template,
            "backend": run.backend, "max_length": max_length, "seed": run.seed, "preparer": trl_preparer_name(),
            "method": method}
