@@ -62,6 +62,9 @@ CASES = [
     # --- config values: caught before anything heavy is imported -------------------------------------------------
     train("unknown key with a synonym", "lora.rank=8", line="error: lora.rank: unknown key. Did you mean 'lora.r'?"),
     train("rank zero", "lora.r=0", line="error: lora.r: 0 is out of range"),
+    train("seed negative", "seed=-1", line="error: seed: -1 is out of range: must be in [0, 2**32) (numpy's and "
+          "torch's seeds). Use e.g. seed=3407."),
+    train("seed too large", "seed=4294967296", line="error: seed: 4294967296 is out of range"),
     train("dropout above one", "lora.dropout=1.5", line="error: lora.dropout: 1.5 is out of range"),
     train("alpha negative", "lora.alpha=-1", line="error: lora.alpha: -1 is out of range"),
     train("rank not a number", "lora.r=sixteen", line="error: lora.r: 'sixteen' is not an integer"),

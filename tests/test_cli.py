@@ -80,3 +80,17 @@ def test_presets_in_a_searchpath_directory_work_like_shipped_ones(tmp_path: Path
     # 32 layers x r16 x (q 4096+4096 + k 4096+1024 + o 4096+4096)
     assert plan["presets"]["qko"]["trainable_params"] == 32 * 16 * (8192 + 5120 + 8192)
     assert "41,943,040" in result.stdout and "qko" in result.stdout
+
+
+def test_help_into_a_closed_pipe_ends_quietly() -> None:
+    """`--help | head`: the reader is gone before the help is written; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

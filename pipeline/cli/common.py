@@ -6,8 +6,10 @@ import atexit
 import dataclasses
 import gc
 import logging
+import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,7 +130,11 @@ def entry(main: Callable[[], Any]) -> Callable[[], None]:
         # off torch's and transformers' object graph, which otherwise takes seconds of a run's wall time
         atexit.register(gc.freeze)
         install_hydra_error_handler()
-        main()
+        try:
+            main()
+        except BrokenPipeError:  # `--help | head`: the reader went away; nothing is left to say, and no traceback
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout once more at exit
+            sys.exit(0)
 
     return cli
 

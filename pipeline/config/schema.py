@@ -217,7 +217,7 @@ class TrainConfig:
     name: Optional[str] = checked(None, lambda v: v is None or re.fullmatch(r"[\w.+-]+", v) is not None,
                                   "must be letters, digits, '_', '-', '.' or '+' (it names the run directory)",
                                   "my_run")
-    seed: int = 3407
+    seed: int = checked(3407, lambda v: 0 <= v < 2**32, "must be in [0, 2**32) (numpy's and torch's seeds)", "3407")
     backend: str = one_of("unsloth", "unsloth", "hf")
     resume: Optional[str] = None
     objective: str = one_of("eval_loss", "eval_loss", "final_loss")
