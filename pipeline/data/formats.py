@@ -316,17 +316,10 @@ def read(data: Any, method: str = "sft") -> Raw:
     found here cost no model import."""
     dataset = load_source(data)
     kind = check_kind(dataset.column_names, method)
-    if kind != "sft":  # preference data, in TRL's forms row by row (pipeline.data.preference)
-        from pipeline.data.preference import normalize
+    if kind != "sft":  # preference data, in TRL's forms row by row
+        from pipeline.data import preference
 
-        dataset, held_out = normalize(dataset, kind), None
-        if data.eval_source not in (None, "", []):
-            held_out = load_source(data, data.eval_source, key="data.eval_source")
-            check_kind(held_out.column_names, method, "data.eval_source")
-            held_out = normalize(held_out, kind, "data.eval_source")
-        elif data.val_size:
-            eval_count(data.val_size, len(dataset))
-        return Raw(dataset, held_out, kind)
+        return preference.read(data, dataset, kind, method)
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)

@@ -198,6 +198,21 @@ def to_labelled(row: dict, index: int, plain: bool) -> dict:
             "completion": _answer(turns[-1], "answer", where), "label": label}
 
 
+def read(data: Any, dataset: Any, kind: str, method: str) -> Any:
+    """`formats.read` for preference data: the rows (and data.eval_source's) in TRL's forms, the split checked."""
+    from pipeline.data.formats import Raw, check_kind, eval_count
+    from pipeline.data.sources import load_source
+
+    held_out = None
+    if data.eval_source not in (None, "", []):
+        held_out = load_source(data, data.eval_source, key="data.eval_source")
+        check_kind(held_out.column_names, method, "data.eval_source")
+        held_out = normalize(held_out, kind, "data.eval_source")
+    elif data.val_size:
+        eval_count(data.val_size, len(dataset))
+    return Raw(normalize(dataset, kind), held_out, kind)
+
+
 def normalize(dataset: Any, kind: str, key: str = "data.source") -> Any:
     """Every row in TRL's form for its kind; the form (plain or conversational) is the first row's, and a row in
     the other one is refused by number."""

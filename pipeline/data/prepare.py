@@ -184,16 +184,16 @@ def length_policy(overlength: str, fmt: str) -> str:
 def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = True) -> Prepared:
     """Tokenized, masked, length-checked train/eval sets, served from the cache when nothing changed. `write_cache`
     is False in the processes of a launch other than rank 0: they read the cache, never write it at the same time."""
-    if datasets.kind != "sft":  # preference rows: measured with TRL's tokenization, kept as text
-        from pipeline.data import prepare_preference
-
-        return prepare_preference.prepare(datasets, tokenizer, run, write_cache)
     max_length = run.data.max_length or run.model.max_seq_length
-    policy = length_policy(run.data.overlength, datasets.format)
     folder, cached = lookup(run, max_length)
     if cached is not None:
         warn_about_drops(cached.stats)
         return cached
+    if datasets.kind != "sft":  # preference rows: measured with TRL's tokenization, kept as text
+        from pipeline.data import prepare_preference
+
+        return prepare_preference.prepare(datasets, tokenizer, run, max_length, folder, write_cache)
+    policy = length_policy(run.data.overlength, datasets.format)
     parts, stats = {}, {}
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from pipeline.data.cache import lookup, store
+from pipeline.data.cache import store
 from pipeline.data.preference import PAIRS, held_out_conversation
 from pipeline.data.prepare import LengthStats, Prepared, warn_about_drops
 from pipeline.errors import ConfigError
@@ -69,16 +69,12 @@ def apply_length_policy(tokenized: Any, kind: str, max_length: int, max_prompt: 
     return text.select(keep), stats
 
 
-def prepare(datasets: Any, tokenizer: Any, run: Any, write_cache: bool = True) -> Prepared:
-    """Measured, filtered train/eval rows (text, as the trainer takes them), from the cache when nothing changed."""
+def prepare(datasets: Any, tokenizer: Any, run: Any, max_length: int, folder: Any, write_cache: bool) -> Prepared:
+    """Measured, filtered train/eval rows (text, as the trainer takes them), stored in the cache `folder`
+    (`prepare.prepare` looked there first)."""
     from pipeline.compat import trl_preference_tokenize
 
-    max_length = run.data.max_length or run.model.max_seq_length
     policy = length_policy(run.data.overlength, run.method.name)
-    folder, cached = lookup(run, max_length)
-    if cached is not None:
-        warn_about_drops(cached.stats)
-        return cached
     parts, stats = {}, {}
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
         if dataset is None:
