@@ -203,14 +203,14 @@ def read(data: Any, dataset: Any, kind: str, method: str) -> Any:
     from pipeline.data.formats import Raw, check_kind, eval_count
     from pipeline.data.sources import load_source
 
-    held_out = None
+    dataset, held_out = normalize(dataset, kind), None  # the rows' own mistakes first
     if data.eval_source not in (None, "", []):
         held_out = load_source(data, data.eval_source, key="data.eval_source")
         check_kind(held_out.column_names, method, "data.eval_source")
         held_out = normalize(held_out, kind, "data.eval_source")
     elif data.val_size:
         eval_count(data.val_size, len(dataset))
-    return Raw(normalize(dataset, kind), held_out, kind)
+    return Raw(dataset, held_out, kind)
 
 
 def normalize(dataset: Any, kind: str, key: str = "data.source") -> Any:
