@@ -82,14 +82,22 @@ def trl_tokenize_and_mask(dataset: Any, tokenizer: Any, name: str, *, assistant_
                           completion_only_loss: bool, num_proc: int | None = None) -> Any:
     """`input_ids` + `labels` exactly as TRL's SFTTrainer builds them, with the tokenizer alone (no trainer, no
     model, no truncation). `_prepare_dataset` reads three attributes of its trainer; a view carries just those."""
-    import tempfile
     from types import SimpleNamespace
 
-    args = trl_sft_config()(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
-                            assistant_only_loss=assistant_only_loss, completion_only_loss=completion_only_loss,
-                            bf16=False, fp16=False, report_to="none", dataset_num_proc=num_proc)
+    args = _preparation_args(assistant_only_loss, completion_only_loss, num_proc)
     view = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only_loss)
     return trl_prepare_dataset()(view, dataset, tokenizer, args, False, None, name)
+
+
+@functools.lru_cache(maxsize=8)
+def _preparation_args(assistant_only_loss: bool, completion_only_loss: bool, num_proc: int | None) -> Any:
+    """The SFTConfig `_prepare_dataset` reads, made once: building one resets accelerate's state, which a stream's
+    chunks, prepared while the trainer runs, must not do."""
+    import tempfile
+
+    return trl_sft_config()(output_dir=tempfile.gettempdir(), max_length=None, packing=False, shuffle_dataset=False,
+                            assistant_only_loss=assistant_only_loss, completion_only_loss=completion_only_loss,
+                            bf16=False, fp16=False, report_to="none", dataset_num_proc=num_proc)
 
 
 def trl_preference_tokenize(dataset: Any, tokenizer: Any, kind: str) -> Any:

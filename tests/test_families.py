@@ -55,7 +55,7 @@ def test_preset_resolves_and_counts_match_peft(config_name: str, preset: str) ->
     resolution = targets.resolve(roles, model.config.model_type, preset)
     targets.validate_against_model(resolution, model)  # raises if a name matches nothing
     assert resolution.adapted_layers >= 2  # at least one module per layer
-    planned, adapted = estimate.lora_parameter_count(estimate.linear_shapes(model), resolution.target_modules, r=4)
+    planned, adapted = estimate.lora_parameter_count(targets.linear_shapes(model), resolution.target_modules, r=4)
     planned += estimate.expert_lora_count(model, resolution.target_parameters, r=4)
     assert adapted <= resolution.adapted_layers
     assert planned == peft_trainable(model, resolution, r=4)

@@ -161,7 +161,7 @@ def test_llama_3_1_8b_nf4_base_weights_exactly() -> None:
     run = to_runconfig(compose("model=llama3_1_8b"))
     model = build_meta_model(run.model)
     quantized, other = 6_979_321_856, 2 * 128_256 * 4096 + 65 * 4096
-    shapes = estimate.linear_shapes(model)
+    shapes = targets.linear_shapes(model)
     assert estimate.base_weight_bytes(model, shapes, 4, True) == quantized * (0.5 + (1 + 4 / 256) / 64) + other * 2
     assert estimate.base_weight_bytes(model, shapes, 4, False) == quantized * (0.5 + 4 / 64) + other * 2
     parts = estimate.estimate(model, run, targets.resolve(run.lora.target_modules, "llama").target_modules).vram_parts

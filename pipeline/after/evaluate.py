@@ -24,6 +24,10 @@ def held_out(run: FinishedRun, tokenizer: Any) -> tuple[Any, Any]:
     from pipeline.data import formats, prepare
 
     config = run.config
+    if config.data.streaming:  # the stream's head, as training held it out
+        from pipeline.data import streaming
+
+        return streaming.held_out(config, tokenizer)
     if config.data.sources:  # several sources: each one's held-out rows, and the mix's tokenized eval set
         from pipeline.data import mixing
 

@@ -89,6 +89,8 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
     sources.quiet_progress_bars()
     if run.data.sources:
         return preprocess_sources(run, run_dir, colour, hydra_files)
+    if run.data.streaming:
+        return preprocess_stream(run, run_dir, colour, hydra_files)
     raw = formats.read(run.data, run.method.name)  # data mistakes first: they need no tokenizer
     route_library_logs()
     tokenizer = load_tokenizer(run)
@@ -97,6 +99,25 @@ def preprocess(run: Any, run_dir: Path, colour: bool, hydra_files: tuple = ()) -
     print(f"data: {run.data.source} ({formats.describe(raw.format, run.data.loss_on, built.tools)})"
           + (f", served from cache {prepared.cache_dir}" if prepared.from_cache else ""))
     return report(prepared, built.kind, tokenizer, run, run_dir, colour, hydra_files)
+
+
+def preprocess_stream(run: Any, run_dir: Path, colour: bool, hydra_files: tuple) -> dict:
+    """data.streaming: the stream's held-out head and its first chunk, the sample training's statistics describe."""
+    from pipeline.data import formats, prepare, streaming
+    from pipeline.model.loading import load_tokenizer
+    from pipeline.outputs.logs import route_library_logs
+
+    head = streaming.read_head(run.data)
+    route_library_logs()
+    tokenizer = load_tokenizer(run)
+    train, stats, built = streaming.prepare_rows(head.sample, head.format, run, tokenizer, "train")
+    figures = {"train": stats}
+    if head.held_out is not None:
+        _, figures["eval"], _ = streaming.prepare_rows(head.held_out, head.format, run, tokenizer, "eval")
+    print(f"data: {run.data.source} ({formats.describe(head.format, run.data.loss_on, built.tools)}), streamed: "
+          f"statistics of its first chunk of {run.data.streaming_chunk} rows (the sample), nothing cached")
+    prepared = prepare.Prepared(train, None, figures, None, False)
+    return report(prepared, "sft", tokenizer, run, run_dir, colour, hydra_files, {"streaming_sample": len(head.sample)})
 
 
 def preprocess_sources(run: Any, run_dir: Path, colour: bool, hydra_files: tuple) -> dict:

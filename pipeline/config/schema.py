@@ -114,6 +114,8 @@ class DataConfig:
     cache: bool = True
     num_proc: Optional[int] = at_least(1, None, "4", nullable="one process per core from 10,000 samples on")
     preview_samples: int = at_least(0, 3, "3")
+    streaming: bool = False
+    streaming_chunk: int = at_least(10, 1000, "1000")
 
 
 @dataclass

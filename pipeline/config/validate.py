@@ -114,6 +114,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that type-checks but cannot work."""
     validate_values(cfg, TrainConfig)
     check_sources(cfg)
+    check_streaming(cfg)
     for key in ("model.name", "data.source"):
         if key == "data.source" and cfg.data.sources:  # several sources replace the one
             continue
@@ -173,12 +174,37 @@ def check_sources(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}.weight", f"{entry.weight} applies to data.mix=interleave (a sampling "
                               "probability); data.mix=concat takes every sample of every source",
                               "set data.mix=interleave, or drop the weight")
+    if cfg.data.mix == "concat" and cfg.data.stopping_strategy != "first_exhausted":
+        raise ConfigError("data.stopping_strategy", f"{cfg.data.stopping_strategy} applies to data.mix=interleave; "
+                          "data.mix=concat takes every sample of every source", "set data.mix=interleave, or drop it")
     if cfg.get("method") is not None and cfg.method.name != "sft":
         raise ConfigError("data.sources", f"mixes SFT data; method={cfg.method.name} reads one source",
                           "give the preference data as data.source")
     if cfg.data.eval_source not in (None, "", []):
         raise ConfigError("data.eval_source", "is one source, and with data.sources each source holds out its own "
                           "data.val_size", "drop data.eval_source")
+
+
+def check_streaming(cfg: DictConfig) -> None:
+    """data.streaming: what a stream cannot do is refused before anything is read."""
+    data = cfg.data
+    if not data.streaming:
+        return
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError("trainer.max_steps", "is needed with data.streaming=true (a stream has no length to count "
+                          "epochs in)", "set trainer.max_steps=N")
+    if data.sources:
+        raise ConfigError("data.sources", "cannot be streamed yet (one data.source streams)",
+                          "give one data.source, or data.streaming=false")
+    if cfg.get("method") is not None and cfg.method.name != "sft":
+        raise ConfigError("data.streaming", f"streams SFT data; method={cfg.method.name} reads its pairs whole",
+                          "set data.streaming=false")
+    if 0 < data.val_size < 1:
+        raise ConfigError("data.val_size", f"{data.val_size} is a fraction, and a stream has no length",
+                          "give a count of samples to hold out from the stream's head, e.g. data.val_size=50")
+    if isinstance(data.columns, DictConfig) and set(data.columns) & {"train", "loss_weight"}:
+        raise ConfigError("data.columns", "renames per-message flag keys, which a stream does not yet",
+                          "name the keys train / loss_weight in the data, or data.streaming=false")
 
 
 def check_method(method: Any) -> None:

@@ -323,9 +323,7 @@ def read(data: Any, method: str = "sft") -> Raw:
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
-    _check_columns(dataset.column_names, fmt)
-    warn_about_unused_columns(dataset.column_names, fmt)
-    _check_conversations(dataset, fmt)
+    check_read(dataset, fmt)
     held_out = None
     if data.eval_source not in (None, "", []):
         held_out = load_source(data, data.eval_source, key="data.eval_source")
@@ -334,6 +332,13 @@ def read(data: Any, method: str = "sft") -> Raw:
     elif data.val_size:
         eval_count(data.val_size, len(dataset))  # checked now; the split itself follows normalization
     return Raw(dataset, held_out, fmt)
+
+
+def check_read(dataset: Any, fmt: str) -> None:
+    """What reading checks in rows of `fmt`: the format's columns, then every row's fields."""
+    _check_columns(dataset.column_names, fmt)
+    warn_about_unused_columns(dataset.column_names, fmt)
+    _check_conversations(dataset, fmt)
 
 
 def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> None:

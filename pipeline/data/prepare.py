@@ -193,17 +193,10 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
         from pipeline.data import prepare_preference
 
         return prepare_preference.prepare(datasets, tokenizer, run, max_length, folder, write_cache)
-    policy = length_policy(run.data.overlength, datasets.format)
     parts, stats = {}, {}
     for name, dataset in (("train", datasets.train), ("eval", datasets.eval)):
-        if dataset is None:
-            continue
-        tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name, run.data.num_proc)
-        if datasets.template_turns:  # a template without {% generation %} markers: its turns read off it
-            tokenized = mask_assistant_turns(tokenized, tokenizer, name, datasets.template_turns,
-                                             processes(run.data.num_proc, len(tokenized)))
-        tokenized = apply_turn_flags(tokenized, name)
-        parts[name], stats[name] = apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
+        if dataset is not None:
+            parts[name], stats[name] = prepare_split(dataset, datasets, tokenizer, run, name, max_length)
     stats["train"].dropped_without_answer = datasets.dropped_without_answer
     warn_about_drops(stats)
     prepared = Prepared(parts["train"], parts.get("eval"), stats, folder, False)
@@ -211,6 +204,18 @@ def prepare(datasets: Datasets, tokenizer: Any, run: Any, write_cache: bool = Tr
                                               "kind": datasets.kind, "conversation": held_out_conversation(datasets)},
           write_cache)
     return prepared
+
+
+def prepare_split(dataset: Any, datasets: Datasets, tokenizer: Any, run: Any, name: str,
+                  max_length: int) -> tuple[Any, LengthStats]:
+    """One split of normalized rows: tokenized and masked by TRL, per-turn flags applied, the length policy."""
+    tokenized = tokenize_with_trl(dataset, tokenizer, datasets, name, run.data.num_proc)
+    if datasets.template_turns:  # a template without {% generation %} markers: its turns read off it
+        tokenized = mask_assistant_turns(tokenized, tokenizer, name, datasets.template_turns,
+                                         processes(run.data.num_proc, len(tokenized)))
+    tokenized = apply_turn_flags(tokenized, name)
+    policy = length_policy(run.data.overlength, datasets.format)
+    return apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
 
 
 DROP_WARNING_SHARE = 0.10  # more of a split than this dropped is said in a warning line

@@ -125,7 +125,7 @@ def _load_one(source: str, data: Any, key: str) -> Any:
     for path in files:
         if path.endswith(".jsonl"):
             check_jsonl(path, key)
-    if all(_is_blank(path) for path in files):
+    if all(is_blank(path) for path in files):
         raise ConfigError(key, f"the dataset is empty ({', '.join(files)} has no rows)",
                           f"point {key} at a file with samples")
     try:
@@ -136,7 +136,7 @@ def _load_one(source: str, data: Any, key: str) -> Any:
                           "fix the file, or convert it to JSONL") from error
 
 
-def _is_blank(path: str) -> bool:
+def is_blank(path: str) -> bool:
     with open(path, "rb") as f:
         return not f.read(4096).strip()
 

@@ -21,13 +21,26 @@ def hub_ids(run: Any) -> list[str]:
             and Path(n).suffix not in (".json", ".jsonl", ".csv", ".parquet")]
 
 
+def working_offline() -> bool:
+    """Whether huggingface_hub, datasets or transformers are told to stay off the network."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in (*OFFLINE_VARIABLES,
+                                                                               "TRANSFORMERS_OFFLINE"))
+
+
+def files_at_hand(name: str, revision: str | None, files: tuple[str, ...]) -> bool:
+    """Whether a model's files can be read without asking the network: a local folder, the hub while online, or
+    one of `files` in the local hub cache while offline (checked without importing transformers)."""
+    if Path(name).expanduser().is_dir() or not working_offline():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(name, file, revision=revision), str) for file in files)
+
+
 def go_offline_if_unreachable(run: Any) -> str | None:
     """Probe the hub once (5 s at most) when the config names hub ids and offline mode is not already on; if it
     cannot be reached, switch this process to offline mode and return a note saying so."""
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in (*OFFLINE_VARIABLES,
-                                                                            "TRANSFORMERS_OFFLINE")):
-        return None
-    if not hub_ids(run):
+    if working_offline() or not hub_ids(run):
         return None
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:

@@ -1,6 +1,7 @@
-"""The model's architecture without weights (meta device): names and shapes before any download or load.
+"""The model's architecture without weights: names and shapes before any download or load.
 
 From a local model's config.json, else the preset's architecture numbers (offline), else the hub's config.json.
+Built on the meta device, or, for a preset whose numbers pipeline/model/layout.py writes out, not built at all.
 """
 
 from __future__ import annotations
@@ -49,3 +50,16 @@ def build_meta_model(model_cfg: Any, use_architecture: bool = True) -> Any:
     config = model_config(model_cfg, use_architecture)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def skeleton_layout(model_cfg: Any, use_architecture: bool = True) -> Any:
+    """The model's layout (pipeline/model/layout.py): written out from the preset's numbers where it can be, with
+    no torch or transformers import, else read from the meta-device model."""
+    from pipeline.model.layout import from_architecture, layout_of
+
+    local = (Path(model_cfg.name) / "config.json").is_file()  # a local config.json wins, as in model_config
+    if model_cfg.architecture and use_architecture and not local:
+        written = from_architecture(model_cfg.architecture)
+        if written is not None:
+            return written
+    return layout_of(build_meta_model(model_cfg, use_architecture))

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.config.schema import ROLES
 from pipeline.errors import ConfigError
+from pipeline.model.layout import layout_of
 
 LLAMA_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
                "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
@@ -112,34 +113,17 @@ def covered_roles(resolution: Resolution, model_type: str) -> set[str]:
     return {role for role, name in table.items() if name in names}
 
 
-# --- validation against a built model ------------------------------------------------------------------------
-
-def linear_layer_names(model: Any) -> list[str]:
-    """Dotted names of every linear-like layer (Linear, bitsandbytes Linear4bit/8bitLt, GPT-2 Conv1D)."""
-    import torch
-
-    names = []
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if isinstance(module, torch.nn.Linear) or kind in ("Linear4bit", "Linear8bitLt", "Conv1D"):
-            names.append(name)
-    return names
-
+# --- validation against a model's layout ----------------------------------------------------------------------
 
 def matches(layer: str, target: str) -> bool:
     """PEFT's rule for a list of target names: the whole name, or a dotted suffix of it."""
     return layer == target or layer.endswith("." + target)
 
 
-def expert_parameter_names(model: Any) -> list[str]:
-    """Dotted names of fused 3-D expert weights (MoE in transformers 5)."""
-    return [name for name, param in model.named_parameters() if param.ndim == 3]
-
-
 def validate_against_model(resolution: Resolution, model: Any) -> Resolution:
     """Every resolved name must match at least one linear layer (or expert weight); count what gets adapted."""
-    layer_names = linear_layer_names(model)
-    expert_names = expert_parameter_names(model)
+    layout = layout_of(model)
+    layer_names, expert_names = list(layout.linear), list(layout.experts)
     for target in resolution.target_parameters:
         if not any(matches(name, target) for name in expert_names):
             raise ConfigError("lora.target_modules", f"'{target}' matches no expert weight of this model",
@@ -158,15 +142,8 @@ def validate_against_model(resolution: Resolution, model: Any) -> Resolution:
 
 
 def linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
-    """name -> (in_features, out_features) of every linear-like layer (GPT-2's Conv1D stores them transposed)."""
-    shapes = {}
-    for name in linear_layer_names(model):
-        module = model.get_submodule(name)
-        if type(module).__name__ == "Conv1D":
-            shapes[name] = tuple(module.weight.shape)
-        else:
-            shapes[name] = (module.in_features, module.out_features)
-    return shapes
+    """name -> (in_features, out_features) of every linear-like layer."""
+    return layout_of(model).linear
 
 
 def check_rank_fits(resolution: Resolution, model: Any, r: int) -> None:

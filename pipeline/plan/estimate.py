@@ -1,4 +1,4 @@
-"""Price a LoRA run without weights: build the model on the meta device, count parameters, estimate VRAM.
+"""Price a LoRA run without weights: count parameters on the model's layout (pipeline/model/layout.py), estimate VRAM.
 
 Counts are exact (a LoRA pair on a layer with `in` inputs and `out` outputs adds r * (in + out) weights, the same
 number PEFT creates). The VRAM estimate is a sum of named parts for one GPU under the trainer's settings; see
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.model import targets
-from pipeline.model.targets import linear_shapes
+from pipeline.model.layout import layout_of
 
 GIB = 2**30
 NF4_BLOCK = 64            # bitsandbytes 4-bit block size: one absmax per 64 weights
@@ -31,9 +31,8 @@ def lora_parameter_count(shapes: dict[str, tuple[int, int]], target_modules: lis
 def expert_lora_count(model: Any, target_parameters: list[str], r: int) -> int:
     """LoRA on a fused (experts, out, in) weight: PEFT gives each expert its own rank-r pair."""
     total = 0
-    for name, param in model.named_parameters():
-        if param.ndim == 3 and any(targets.matches(name, t) for t in target_parameters):
-            experts, out_features, in_features = param.shape
+    for name, (experts, out_features, in_features) in layout_of(model).experts.items():
+        if any(targets.matches(name, t) for t in target_parameters):
             total += experts * r * (in_features + out_features)
     return total
 
@@ -70,7 +69,7 @@ def base_weight_bytes(model: Any, shapes: dict[str, tuple[int, int]], bits: int,
     `other_bytes` each (16-bit; fp32 after PEFT's k-bit preparation on the hf backend)."""
     quantized = {n: s for n, s in shapes.items() if not n.endswith("lm_head")} if bits in (4, 8) else {}
     quantized_params = sum(a * b for a, b in quantized.values())
-    other_params = sum(p.numel() for p in model.parameters()) - quantized_params
+    other_params = layout_of(model).parameters - quantized_params
     if bits == 4:
         per_weight = 0.5 + (1 + 4 / DOUBLE_QUANT_BLOCK) / NF4_BLOCK if double_quant else 0.5 + 4 / NF4_BLOCK
     else:
@@ -158,16 +157,16 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
     `seq_len` (tokens per sample) defaults to the limit, `sequence_length(run)`.
     """
     seq_len = seq_len or sequence_length(run)
+    layout = layout_of(model)
     if chunked_loss is None:
         chunked_loss = run.backend == "unsloth"
-    shapes = linear_shapes(model)
+    shapes = layout.linear
     trainable, adapted = lora_parameter_count(shapes, target_modules, run.lora.r)
-    trainable += expert_lora_count(model, target_parameters or [], run.lora.r)
+    trainable += expert_lora_count(layout, target_parameters or [], run.lora.r)
     for extra in run.lora.modules_to_save or []:
         # trained in full as a copy, so a weight tied to the embeddings counts again
-        trainable += sum(p.numel() for name, module in model.named_modules()
-                         if name == extra or name.endswith(f".{extra}") for p in module.parameters())
-    base_params = sum(p.numel() for p in model.parameters())
+        trainable += layout.module_parameters(extra)
+    base_params = layout.parameters
     quantized = run.quantization.bits in (4, 8)
     # adapters train in fp32 on both backends (PEFT's dtype; TRL's bf16 cast is undone on hf, removed by Unsloth)
     adapter_bytes = 4
@@ -176,13 +175,13 @@ def estimate(model: Any, run: Any, target_modules: list[str], notes: list[str] |
     t = run.trainer
     optim = "adamw_8bit" if t.optim == "auto" else t.optim
     parts = {
-        "base_weights": base_weight_bytes(model, shapes, run.quantization.bits, run.quantization.double_quant,
+        "base_weights": base_weight_bytes(layout, shapes, run.quantization.bits, run.quantization.double_quant,
                                           other_bytes),
         "lora_weights": trainable * adapter_bytes,
         "lora_gradients": trainable * adapter_bytes,
         "optimizer_states": trainable * OPTIMIZER_BYTES.get(optim, 8),
-        "activations": activation_bytes(model.config, run, target_modules, seq_len),
-        "logits": logits_bytes(model.config, run, chunked_loss, seq_len),
+        "activations": activation_bytes(layout.config, run, target_modules, seq_len),
+        "logits": logits_bytes(layout.config, run, chunked_loss, seq_len),
     }
     names = list(target_modules) + list(target_parameters or [])
     priced = [note for note in (method_note(run),) if note]

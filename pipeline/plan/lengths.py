@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.model.hub import files_at_hand
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
 @dataclass
@@ -40,13 +43,16 @@ def priced_length(run: Any) -> PricedLength:
     if not is_local(given):
         return PricedLength(limit, "limit", f"{limit} tokens per sample, the limit: {given} is not a "
                             "local dataset, so its lengths are not known before training")
+    unloadable = PricedLength(limit, "limit", f"{limit} tokens per sample, the limit: the tokenizer of "
+                              f"{run.model.name} cannot be loaded here, so the data's lengths are not known")
+    if not files_at_hand(run.model.name, run.model.revision, TOKENIZER_FILES):
+        return unloadable  # said before transformers is imported, so a preset's plan needs none
     try:
         stats = _train_stats(run)
     except ConfigError as error:
         if error.key != "model.name":
             raise  # the data's own mistakes are the user's to fix, as in preprocess
-        return PricedLength(limit, "limit", f"{limit} tokens per sample, the limit: the tokenizer of "
-                            f"{run.model.name} cannot be loaded here, so the data's lengths are not known")
+        return unloadable
     longest = min(stats.max, limit)
     return PricedLength(longest, "data", f"{longest} tokens per sample, the longest training sample of "
                         f"{given} (p95 {stats.p95}, limit {limit}; {stats.samples} samples)")
@@ -57,6 +63,11 @@ def _train_stats(run: Any) -> Any:
     from pipeline.model.loading import load_tokenizer
 
     sources.quiet_progress_bars()
+    if run.data.streaming:  # the first chunk: the sample a streamed run's statistics describe
+        from pipeline.data import streaming
+
+        head = streaming.read_head(run.data)
+        return streaming.prepare_rows(head.sample, head.format, run, load_tokenizer(run), "train")[1]
     if run.data.sources:
         from pipeline.data import mixing
 

@@ -1,5 +1,5 @@
-"""The plan: the configured run and every target-module preset beside it, priced on the weightless skeleton, and
-whether each fits the common GPUs."""
+"""The plan: the configured run and every target-module preset beside it, priced on the model's layout (no weights,
+and for a preset's numbers no torch), and whether each fits the common GPUs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.model import targets
-from pipeline.model.skeleton import build_meta_model
+from pipeline.model.skeleton import skeleton_layout
 from pipeline.plan import estimate, fit
 from pipeline.plan.lengths import PricedLength
 
@@ -18,7 +18,7 @@ def plan(run: Any, presets: dict[str, list[str]], selected: str, architecture_ap
     at `length` tokens per sample (default: the limit)."""
     limit = estimate.sequence_length(run)
     length = length or PricedLength(limit, "limit", f"{limit} tokens per sample, the limit")
-    model = build_meta_model(run.model, architecture_applies)
+    model = skeleton_layout(run.model, architecture_applies)
     model_type = model.config.model_type
     choices = dict(presets)
     if selected == "custom":

@@ -1,5 +1,6 @@
 """The recipe's data stage: the rows read and checked (no tokenizer yet), then the one tokenizer, the datasets
-normalized, tokenized and masked by TRL's own code, length-checked and cached (one source, or several mixed)."""
+normalized, tokenized and masked by TRL's own code, length-checked and cached (one source, or several mixed), or
+with data.streaming prepared chunk by chunk while training reads them."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Data:
     source_format: str
     conversation: dict | None = None  # a held-out conversation, as the template rendered it for training
     per_source: dict | None = None  # data.sources: each source's format, weight and counts
+    stream: Any = None  # data.streaming: the TrainStream the training rows come from (its position)
 
 
 @dataclass
@@ -35,6 +37,10 @@ def read_data(run: TrainConfig) -> Any:
     """The rows as read, their format and required fields checked (no tokenizer needed yet): one source's, or each
     of data.sources'. Data the cache holds from the same inputs (its key needs no reading) is not read at all."""
     sources.quiet_progress_bars()
+    if run.data.streaming:  # the head of the stream, read and checked; nothing cached
+        from pipeline.data import streaming
+
+        return streaming.read_head(run.data)
     if run.data.sources:
         from pipeline.data import mixing
 
@@ -49,6 +55,8 @@ def read_data(run: TrainConfig) -> Any:
 def setup_data(run: TrainConfig, raw: Any, write_cache: bool = True) -> Data:
     """The tokenizer once, then the datasets tokenized and masked by TRL's own code, length-checked, cached."""
     tokenizer = load_tokenizer(run)
+    if run.data.streaming:
+        return setup_streamed_data(run, tokenizer, raw)
     if run.data.sources:
         return setup_mixed_data(run, tokenizer, raw, write_cache)
     if isinstance(raw, Cached):
@@ -95,3 +103,22 @@ def setup_mixed_data(run: TrainConfig, tokenizer: Any, raws: dict, write_cache: 
     first = next(iter(mixed.built.values()))
     return Data(tokenizer, datasets, mixed.prepared, mixed.format, formats.held_out_conversation(first),
                 mixed.per_source)
+
+
+def setup_streamed_data(run: TrainConfig, tokenizer: Any, head: Any) -> Data:
+    """data.streaming: the first chunk prepared now (the sample the statistics describe, and the mistakes found
+    before any model loads), the held-out rows prepared whole, the training rows a stream prepared as it is read."""
+    from pipeline.data import streaming
+
+    sample, sample_stats, built = streaming.prepare_rows(head.sample, head.format, run, tokenizer, "train")
+    stats, evaluation = {"train": sample_stats}, None
+    held_out = head.held_out
+    if held_out is None and run.data.eval_source not in (None, "", []):
+        held_out = sources.load_source(run.data, run.data.eval_source, key="data.eval_source")
+    if held_out is not None:
+        evaluation, stats["eval"], _ = streaming.prepare_rows(held_out, head.format, run, tokenizer, "eval")
+    prepare.warn_about_drops(stats)
+    stream = streaming.TrainStream(run, tokenizer, head, sample=sample)
+    prepared = prepare.Prepared(stream.dataset(), evaluation, stats, None, False)
+    datasets = formats.Datasets(prepared.train, evaluation, head.format, False, False, tools=built.tools)
+    return Data(tokenizer, datasets, prepared, head.format, formats.held_out_conversation(built), stream=stream)

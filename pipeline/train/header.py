@@ -30,6 +30,8 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
     sharding = "fsdp" if run.distributed.strategy == "fsdp" else "ddp"
     processes = f" x {context.world_size} processes ({sharding})" if context.world_size > 1 else ""
     evaluation = data.datasets.eval
+    streamed = data.stream is not None
+    train_samples = None if streamed else len(data.datasets.train)  # a stream has no length
     report.print_header({
         "model": f"{run.model.name} ({model.config.model_type})",
         "backend": run.backend,
@@ -39,12 +41,16 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
                           f"({resolution.adapted_layers} layers, preset {context.preset})",
         "trainable params": f"{trainable:,} / {total:,} ({100 * trainable / total:.3f}%)",
         **untrained_line(built.untrained),
-        "data": f"{len(data.datasets.train)} train / {len(evaluation) if evaluation else 0} eval samples "
+        "data": f"{'streamed' if streamed else train_samples} train / {len(evaluation) if evaluation else 0} eval "
+                f"samples "
                 f"({formats.describe(data.source_format, run.data.loss_on, data.datasets.tools)}"
                 f"{', from cache' if data.prepared.from_cache else ''})",
         **({"sources": ", ".join(f"{name}: {f['in_mix']} of {f['train_samples']} train samples in the mix ("
                                  f"{f['format']}, weight {f['weight']:g}), {f['trained_tokens']} trained tokens"
                                  for name, f in data.per_source.items())} if data.per_source else {}),
+        **({"streaming": f"{run.data.source} read as a stream in chunks of {run.data.streaming_chunk} rows, in "
+                         "its order, again from its start when it ends (trainer.max_steps ends training); nothing "
+                         "cached; train tokens below describe the first chunk (the sample)"} if streamed else {}),
         "train tokens": prepare.describe(data.prepared.stats["train"]),
         "effective batch": f"{effective_batch} = {t.per_device_train_batch_size} per device x "
                            f"{t.gradient_accumulation_steps} accumulation{processes}",
@@ -58,9 +64,10 @@ def describe_setup(run: TrainConfig, context: RunContext, precision: Precision, 
         "loaded": built.loaded, "trainable_params": trainable, "total_params": total,
         "trainable_pct": round(100 * trainable / total, 4), "target_modules": resolution.as_dict(),
         "effective_batch_size": effective_batch, "processes": context.world_size,
-        "train_samples": len(data.datasets.train), "eval_samples": len(evaluation) if evaluation else 0,
+        "train_samples": train_samples, "eval_samples": len(evaluation) if evaluation else 0,
         "data_format": data.source_format, "data_tools": list(data.datasets.tools),
         "data_stats": data.prepared.stats_dict(), "data_sources": data.per_source,
+        "data_stream": {"chunk_rows": run.data.streaming_chunk, "stats_from": "the first chunk"} if streamed else None,
         "plan_vram_gib": built.plan_vram_gib, "notes": list(built.notes),
         "untrained_tokens": built.untrained.as_dict() if built.untrained else None,
     }

@@ -29,7 +29,7 @@ from pipeline.model.loading import (
     loaded_from_notes,
     model_load_errors,
 )
-from pipeline.model.skeleton import build_meta_model
+from pipeline.model.skeleton import skeleton_layout
 from pipeline.model.untrained import UntrainedTokens
 from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
@@ -101,7 +101,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         summary["wandb_run_id"] = getattr(wandb_run, "id", None)
         run_dir.write_summary(summary)
         trainer = setup_trainer(run, context, precision, data, built, run_dir, callbacks.all, wandb_run, summary)
-        train(trainer, point, summary)
+        train(trainer, point, summary, data.stream)
         check_finite(run, trainer, callbacks.guard)
         if callbacks.graceful.exit_code is not None:
             summary["status"] = "interrupted"
@@ -196,7 +196,7 @@ def setup_model(run: TrainConfig, context: RunContext, backend: Any, precision: 
     from transformers import set_seed
 
     with model_load_errors(run.model.name):
-        skeleton = build_meta_model(run.model, context.architecture_applies)
+        skeleton = skeleton_layout(run.model, context.architecture_applies)
     resolution = targets.resolve(run.lora.target_modules, skeleton.config.model_type, context.preset)
     targets.validate_against_model(resolution, skeleton)
     targets.check_rank_fits(resolution, skeleton, run.lora.r)
@@ -252,6 +252,11 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
     for note in [*notes, *trainer_lib.changed_by_backend(reference, trainer)]:
         summary["notes"].append(note)
         log.info("note: %s", note)
+    if data.stream is not None:  # where the stream stands goes into each checkpoint
+        from pipeline.train.stream_position import follow
+
+        follow(trainer, data.stream)
+        return trainer
     summary["packing"] = trainer_lib.packing_facts(trainer, len(data.datasets.train))
     if summary["packing"]:
         p = summary["packing"]
@@ -260,7 +265,7 @@ def setup_trainer(run: TrainConfig, context: RunContext, precision: Precision, d
     return trainer
 
 
-def train(trainer: Any, point: Any, summary: dict) -> None:
+def train(trainer: Any, point: Any, summary: dict, stream: Any = None) -> None:
     checkpoint = str(point.checkpoint) if point is not None and point.checkpoint else None
     summary["resumed_from"] = checkpoint
     if checkpoint and 0 < trainer.args.max_steps <= point.step:
@@ -273,7 +278,13 @@ def train(trainer: Any, point: Any, summary: dict) -> None:
         from pipeline.compat import load_trained_adapter_before_resume
 
         load_trained_adapter_before_resume(trainer.model, point.checkpoint)
+        if stream is not None:
+            from pipeline.train.stream_position import resume_at
+
+            resume_at(trainer, stream, point.checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if stream is not None and stream.trained:  # how far training read the stream (counted on from a checkpoint)
+        summary["data_stream"].update({k: v for k, v in stream.trained.items() if k != "source_state"})
 
 
 def load_adapter_weights(model: Any, checkpoint: Any) -> None:
@@ -322,7 +333,8 @@ def save(run_dir: RunDirectory, trainer: Any, data: Data) -> None:
         return
     from pipeline.after import reference
 
-    rows = data.datasets.eval if data.datasets.eval is not None else data.datasets.train
+    rows = data.datasets.eval if data.datasets.eval is not None else \
+        data.stream.sample if data.stream is not None else data.datasets.train  # a stream: its first chunk
     samples = reference.pick_samples(rows) if data.datasets.kind == "sft" else \
         reference.preference_samples(rows, data.tokenizer, data.datasets.kind)
     record = {**reference.record(trainer.model, samples), **reference.template_probe(data.tokenizer, data.conversation)}
