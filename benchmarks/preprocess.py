@@ -1,15 +1,17 @@
 """Data preparation at scale: our preprocessing against TRL's own dataset preparation inside SFTTrainer.
 
-Run: .venv/bin/python benchmarks/preprocess.py [--rows 20000] [--rounds 3]
+Run: .venv/bin/python benchmarks/preprocess.py [--rows 20000] [--rounds 3]   (issue goal: --rows 200000)
 
 A chat dataset of `rows` conversations (one to three exchanges over the tiny data's scenes, so lengths vary) is
 written once. Each side then runs in a fresh process with fresh `datasets` and data caches, alternating, and reports
 the seconds of its data step alone (imports and model loading excluded):
 - ours: the data step as `train` runs it (read, detect, normalize, TRL's tokenization and masks,
   length policy, statistics, cache write);
-- TRL: `SFTTrainer`'s own `_prepare_dataset` on the same rows (timed inside the trainer the way SFTTrainer runs it).
-It prints the time ratio (goal: at most 1.0x), the time of our second run served from the cache against the first
-(goal: at most 0.1x; the key needs no reading, so no source is read), and the fill
+- TRL: `SFTTrainer`'s own `_prepare_dataset` on the same rows (timed inside the trainer the way SFTTrainer runs it),
+  with as many processes as ours uses (`dataset_num_proc`).
+Each side's peak memory is its process's peak RSS plus that of its largest worker process.
+It prints the time ratio (goal: at most 1.0x) and the memory ratio (goal: at most 1.0x), the time of our second run
+served from the cache against the first (goal: at most 0.1x; the key needs no reading, so no source is read), the fill
 ratio of TRL's packing (best-fit decreasing) on our prepared rows at the quickstart's limit (goal: 97% of tokens real).
 """
 
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -73,7 +76,15 @@ def ours(source: Path) -> dict:
     else:
         prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed, raw), tokenizer, run)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "from_cache": prepared.from_cache, "fill": packing_fill(prepared.train, run)}
+    peak = peak_rss_mb()  # before packing, which is not part of the data step
+    return {"seconds": seconds, "rss_mb": peak, "from_cache": prepared.from_cache,
+            "fill": packing_fill(prepared.train, run)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS plus its largest worker's (tokenizing processes), in MiB (Linux reports KiB)."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def packing_fill(dataset: object, run: object) -> float:
@@ -107,10 +118,12 @@ def theirs(source: Path) -> dict:
     started = time.perf_counter()
     dataset = load_dataset("json", data_files=str(source), split="train")  # reading is part of the data step
     loading = time.perf_counter() - started
+    from pipeline.data.prepare import processes
+
     args = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=run.model.max_seq_length, assistant_only_loss=True,
-                     report_to="none", dataset_num_proc=None, bf16=False)
+                     report_to="none", dataset_num_proc=processes(run.data.num_proc, len(dataset)), bf16=False)
     SFTTrainer(model=model, processing_class=tokenizer, args=args, train_dataset=dataset)
-    return {"seconds": loading + sum(spent)}
+    return {"seconds": loading + sum(spent), "rss_mb": peak_rss_mb()}
 
 
 def measure(side: str, source: Path, scratch: Path, keep_cache: bool = False) -> dict:
@@ -138,19 +151,24 @@ def main() -> None:
         source = scratch / "chats.jsonl"
         write_chats(source, args.rows)
         times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        memory: dict[str, list[float]] = {"ours": [], "theirs": []}
         fill = None
         for round_ in range(args.rounds):
             for side in ("ours", "theirs"):
                 result = measure(side, source, scratch)
                 times[side].append(result["seconds"])
+                memory[side].append(result["rss_mb"])
                 fill = result.get("fill", fill)
-                print(f"  round {round_ + 1} {side}: {result['seconds']:.2f} s", flush=True)
+                print(f"  round {round_ + 1} {side}: {result['seconds']:.2f} s, peak {result['rss_mb']:.0f} MiB",
+                      flush=True)
         measure("ours", source, scratch, keep_cache=True)  # fills the cache
         cached = statistics.median(measure("ours", source, scratch, keep_cache=True)["seconds"]
                                    for _ in range(args.rounds))
     ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
     print(f"\n{args.rows} chat rows, median of {args.rounds} alternating runs (data step only)")
+    ours_mb, theirs_mb = statistics.median(memory["ours"]), statistics.median(memory["theirs"])
     print(f"ours {ours_s:.2f} s, TRL's SFTTrainer preparation {theirs_s:.2f} s: {ours_s / theirs_s:.2f}x the time")
+    print(f"peak memory: ours {ours_mb:.0f} MiB, TRL's {theirs_mb:.0f} MiB: {ours_mb / theirs_mb:.2f}x")
     print(f"ours served from the cache: {cached:.2f} s, {cached / ours_s:.3f}x the time of preparing (goal: 0.1x)")
     print(f"packing (TRL, best-fit decreasing) on our rows: {100 * fill:.1f}% of tokens are real")
 

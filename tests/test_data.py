@@ -112,6 +112,33 @@ def test_per_turn_flags_choose_which_answers_train(tmp_path: Path, monkeypatch: 
     renamed = write_jsonl(tmp_path / "renamed.jsonl", json.loads(json.dumps(rows * 4).replace('"train"', '"use"')))
     mapped, _ = prepared_for(tmp_path / "mapped", monkeypatch, f"data.source={renamed}", "data.columns={train: use}")
     assert mapped.train["labels"] == prepared.train["labels"]
+    # written as strings ("false", "0"), the flags read as what they say, never by truthiness ("false" is truthy)
+    spelled = json.dumps(rows * 4).replace('"train": false', '"train": "false"').replace('"loss_weight": 0',
+                                                                                         '"loss_weight": "0"')
+    assert '"train": "false"' in spelled and '"loss_weight": "0"' in spelled
+    as_text, _ = prepared_for(tmp_path / "spelled", monkeypatch,
+                              f"data.source={write_jsonl(tmp_path / 'spelled.jsonl', json.loads(spelled))}")
+    assert as_text.train["labels"] == prepared.train["labels"]
+
+
+@pytest.mark.parametrize(("flag", "trained"), [
+    ({"train": True}, True), ({"train": False}, False), ({"train": "false"}, False), ({"train": "No"}, False),
+    ({"train": " yes "}, True), ({"train": 0}, False), ({"train": 1}, True), ({"train": "1"}, True),
+    ({"loss_weight": 0}, False), ({"loss_weight": "0"}, False), ({"loss_weight": 0.5}, True),
+    ({"loss_weight": "2.5"}, True), ({}, True)])
+def test_turn_flags_read_their_common_spellings(flag: dict, trained: bool) -> None:
+    from pipeline.data.checks import turn_trained
+
+    assert turn_trained({"role": "assistant", "content": "x", **flag}) is trained
+
+
+@pytest.mark.parametrize("flag", [{"train": "maybe"}, {"train": 2}, {"train": []}, {"loss_weight": "high"},
+                                  {"loss_weight": -1}, {"loss_weight": True}, {"loss_weight": "nan"}])
+def test_turn_flags_that_say_nothing_clear_are_refused(flag: dict) -> None:
+    from pipeline.data.checks import turn_trained
+
+    with pytest.raises(ConfigError, match=r"^error: data.source: sample 3: an assistant message's '(train|loss_weight)' is"):
+        turn_trained({"role": "assistant", "content": "x", **flag}, "sample 3")
 
 
 def tools_prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, *overrides: str) -> tuple:

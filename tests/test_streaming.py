@@ -47,6 +47,10 @@ def test_a_stream_trains_and_says_how_far_it_read(corpus: Path, tmp_path: Path, 
     assert stream["samples"] == STEPS * BATCH * ACCUMULATION and (stream["chunks"], stream["rows_read"]) == (4, 200)
     assert summary["data_stats"]["train"]["samples"] == 50 and stream["stats_from"] == "the first chunk"
     assert "read as a stream in chunks of 50 rows" in result.stderr + result.stdout
+    # where the time before the first step went: every part measured, and within the run's own time
+    startup = summary["startup_seconds"]
+    assert set(startup) == {"data", "model", "model_to_first_step"} and min(startup.values()) >= 0
+    assert sum(startup.values()) <= summary["runtime_s"]
     # each checkpoint holds the position after its own step's samples, not the reader's
     for step in (8, 16, 24):
         saved = json.loads((run_dir / "checkpoints" / f"checkpoint-{step}" / POSITION_FILE).read_text())

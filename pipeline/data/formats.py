@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.data import tools
-from pipeline.data.checks import check_roles, check_rows, part_text
+from pipeline.data import checks, tools
+from pipeline.data.checks import check_roles, check_rows, check_turns, part_text
 from pipeline.data.sources import TURN_FLAGS, load_source
 from pipeline.errors import ConfigError
 
@@ -199,25 +199,22 @@ def use_training_template(tokenizer: Any) -> bool:
     return has_generation_markers(tokenizer)
 
 
-def _turn_trained(turn: dict) -> bool:
-    """An assistant turn carries the loss unless its `train` is false or its `loss_weight` is 0."""
-    if turn.get("train") is not None:
-        return bool(turn["train"])
-    return turn.get("loss_weight") is None or float(turn["loss_weight"]) != 0
-
-
-def _flags_and_parts(conversations: list) -> tuple[bool, bool]:
-    """(whether any message carries a loss flag, whether any content comes in parts), in one pass over the turns."""
+def _scan(dataset: Any) -> tuple[bool, bool, tuple[str, ...]]:
+    """(whether any message carries a loss flag, whether any content comes in parts, what of tool calling the data
+    holds), in one pass over the turns, a batch of rows at a time."""
     flagged = parts = False
-    for turns in conversations:
-        for turn in turns:
-            flagged = flagged or turn.get("train") is not None or turn.get("loss_weight") is not None
-            parts = parts or isinstance(turn["content"], list)
-    return flagged, parts
+    found: set[str] = set()
+    for _, batch in checks.batches(dataset, [c for c in ("messages", tools.TOOLS) if c in dataset.column_names]):
+        for turns in batch["messages"]:
+            for turn in turns:
+                flagged = flagged or turn.get("train") is not None or turn.get("loss_weight") is not None
+                parts = parts or isinstance(turn["content"], list)
+        found.update(tools.used(batch["messages"], batch.get(tools.TOOLS)))
+    return flagged, parts, tuple(part for part in tools.PARTS if part in found)
 
 
 def _trained_turns(row: dict) -> dict:
-    return {TRAINED_TURNS: [_turn_trained(turn) for turn in row["messages"] if turn["role"] == "assistant"]}
+    return {TRAINED_TURNS: [checks.turn_trained(turn) for turn in row["messages"] if turn["role"] == "assistant"]}
 
 
 def _has_answer(row: dict) -> bool:
@@ -250,12 +247,10 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
         dataset = dataset.map(_sharegpt_to_messages, with_indices=True,
                               remove_columns=[c for c in columns if c != tools.TOOLS])
     dataset = dataset.select_columns([c for c in ("messages", tools.TOOLS) if c in dataset.column_names])
-    conversations = dataset["messages"]  # read once: content parts, turn flags, tool use
-    flagged, in_parts = _flags_and_parts(conversations)
+    flagged, in_parts, tool_parts = _scan(dataset)
     if in_parts:
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
     marked = responses and use_training_template(tokenizer)  # first: what is checked is the template that trains
-    tool_parts = tuple(tools.used(conversations, dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else None))
     if tool_parts:  # what the template must render: checked before a token is made
         tools.check_renders(tokenizer, tool_parts, template)
         dataset = dataset.map(tools.normalize_row, with_indices=True, features=tools.features(dataset),
@@ -354,18 +349,19 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
                 except ConfigError as error:
                     raise ConfigError(key, error.problem, error.fix) from error
         return
-    turns_column = dataset["messages" if fmt == "messages" else "conversations"]  # read once (slow for large data)
-    check_rows(dataset, fmt, key, turns_column)
+    column = "messages" if fmt == "messages" else "conversations"
+    wanted = [c for c in (column, "system", tools.TOOLS) if c in dataset.column_names]
     try:
-        if fmt == "messages":
-            conversations = turns_column
-        else:
-            conversations = [_sharegpt_to_messages(row, i)["messages"] for i, row in enumerate(dataset)]
-        check_roles(conversations, key, "messages" if fmt == "messages" else "conversations")
-        definitions = dataset[tools.TOOLS] if tools.TOOLS in dataset.column_names else [None] * len(dataset)
-        if tools.used(conversations, definitions):
-            for index, (messages, definition) in enumerate(zip(conversations, definitions, strict=True)):
-                tools.normalize_row({"messages": messages, tools.TOOLS: definition}, index)
+        for start, batch in checks.batches(dataset, wanted):  # a batch at a time: memory stays flat
+            check_turns(batch[column], column, key, start)
+            rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+            conversations = batch[column] if fmt == "messages" else \
+                [_sharegpt_to_messages(row, start + i)["messages"] for i, row in enumerate(rows)]
+            check_roles(conversations, key, column, start)
+            definitions = batch.get(tools.TOOLS) or [None] * len(conversations)
+            if tools.used(conversations, definitions):
+                for offset, (messages, definition) in enumerate(zip(conversations, definitions, strict=True)):
+                    tools.normalize_row({"messages": messages, tools.TOOLS: definition}, start + offset)
     except ConfigError as error:  # the sample is named; the key says which source holds it
         if error.key != "data.source":
             raise

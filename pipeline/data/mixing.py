@@ -117,10 +117,10 @@ def mix(parts: list[Any], weights: list[float], how: str, stopping: str, seed: i
 
 def mixed_stats(dataset: Any, parts: list[Any]) -> Any:
     """The mix's length statistics: its own samples and trained tokens, and what each source's policy dropped."""
-    from pipeline.data.prepare import IGNORE, LengthStats
+    from pipeline.data.prepare import LengthStats, token_counts
 
-    lengths = sorted(len(ids) for ids in dataset["input_ids"])
-    trained = sum(sum(label != IGNORE for label in labels) for labels in dataset["labels"])
+    counts = token_counts(dataset)
+    lengths, trained = sorted(counts[0]), sum(counts[1])
     summed = {key: sum(getattr(p, key) for p in parts) for key in (
         "overlength", "dropped_overlength", "truncated", "dropped_untrained", "dropped_without_answer", "windows")}
     return LengthStats(samples=len(dataset), min=lengths[0], median=statistics.median(lengths),

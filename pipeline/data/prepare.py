@@ -120,7 +120,7 @@ def apply_turn_flags(dataset: Any, name: str) -> Any:
 
 
 def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, loss_on: str) -> tuple[Any, LengthStats]:
-    lengths = [len(ids) for ids in dataset["input_ids"]]
+    lengths, trained_before = token_counts(dataset)
     over = [i for i, n in enumerate(lengths) if n > max_length]
     if over and policy == "raise":
         raise ConfigError("data.overlength", f"{len(over)} {name} samples are longer than {max_length} tokens "
@@ -132,7 +132,7 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         dataset = dataset.map(_windows, batched=True, remove_columns=dataset.column_names,
                               fn_kwargs={"max_length": max_length}, desc=f"Chunking {name}")
     elif over and policy == "drop":
-        dataset = dataset.filter(lambda row: len(row["input_ids"]) <= max_length, desc=f"Dropping long {name}")
+        dataset = dataset.select([i for i, n in enumerate(lengths) if n <= max_length])
         if len(dataset) == 0:
             raise ConfigError("data.overlength", f"every {name} sample is longer than {max_length} tokens "
                               f"(shortest: {min(lengths)})", "raise data.max_length, or use data.overlength=truncate")
@@ -140,7 +140,7 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         dataset = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length],
                                            "labels": row["labels"][:max_length]}, desc=f"Truncating {name}")
     before = len(dataset)
-    trained = [sum(label != IGNORE for label in labels) for labels in dataset["labels"]]  # labels read once
+    trained = token_counts(dataset)[1] if over else trained_before  # the policy changed rows: counted again
     kept = [i for i, count in enumerate(trained) if count]
     if len(kept) < before:  # samples with no trained token left
         dataset = dataset.select(kept)
@@ -158,6 +158,21 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         truncated=len(over) if policy == "truncate" else 0, dropped_untrained=before - len(dataset),
         trained_tokens=sum(trained), windows=windows)
     return dataset.select_columns(["input_ids", "labels"]), stats
+
+
+def token_counts(dataset: Any) -> tuple[list[int], list[int]]:
+    """(tokens, trained tokens) of every sample, counted on the Arrow columns (no row is made a Python object)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:]  # the rows as they stand (a selection's indices applied)
+    if not len(table):
+        return [], []
+    labels = table.column("labels").combine_chunks()
+    offsets = labels.offsets.to_numpy()
+    trained_running = np.concatenate([[0], np.cumsum(pc.list_flatten(labels).to_numpy() != IGNORE)])
+    trained = trained_running[offsets[1:] - offsets[0]] - trained_running[offsets[:-1] - offsets[0]]
+    return pc.list_value_length(table.column("input_ids")).to_numpy().tolist(), trained.tolist()
 
 
 def _windows(batch: dict, max_length: int) -> dict:

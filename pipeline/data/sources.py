@@ -125,6 +125,8 @@ def _load_one(source: str, data: Any, key: str) -> Any:
     for path in files:
         if path.endswith(".jsonl"):
             check_jsonl(path, key)
+        if path.endswith(".csv"):
+            check_csv_header(path, key)
     if all(is_blank(path) for path in files):
         raise ConfigError(key, f"the dataset is empty ({', '.join(files)} has no rows)",
                           f"point {key} at a file with samples")
@@ -139,6 +141,19 @@ def _load_one(source: str, data: Any, key: str) -> Any:
 def is_blank(path: str) -> bool:
     with open(path, "rb") as f:
         return not f.read(4096).strip()
+
+
+def check_csv_header(path: str, key: str = "data.source") -> None:
+    """A column named twice in a CSV header: the reader would keep the first and rename the other."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise ConfigError(key, f"{path} has the column '{name}' twice", "rename or remove one of them")
+        seen.add(name)
 
 
 def check_jsonl(path: str, key: str = "data.source") -> None:

@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,17 @@ class NumericalGuard(TrainerCallback):
             control.should_evaluate = False
 
 
+class FirstStep(TrainerCallback):
+    """When the first step began (wall clock): what the set-up before it cost is in summary.json."""
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.began is None:
+            self.began = time.time()
+
+
 @dataclass
 class RunCallbacks:
     """The callbacks of one training run."""
@@ -213,12 +225,14 @@ class RunCallbacks:
     tokens: TokenCounter
     graceful: GracefulStop
     guard: NumericalGuard
+    first_step: FirstStep
 
     @classmethod
     def open(cls, path: Path, resume_step: int | None, write: bool) -> RunCallbacks:
         metrics = MetricsFile(path, resume_step, write=write)
-        return cls(metrics, TokenCounter(metrics.rows), GracefulStop(), NumericalGuard())
+        return cls(metrics, TokenCounter(metrics.rows), GracefulStop(), NumericalGuard(), FirstStep())
 
     @property
     def all(self) -> list[TrainerCallback]:
-        return [self.tokens, self.metrics, self.graceful, self.guard]  # tokens first: it adds to the rows written
+        # tokens first: it adds to the rows written
+        return [self.tokens, self.metrics, self.graceful, self.guard, self.first_step]

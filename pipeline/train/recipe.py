@@ -90,7 +90,9 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         check_launch(run, context, precision.device)
         data = setup_data(run, raw, write_cache=context.main_process)
         stop.raise_if_requested()
+        clock = {"data": time.time()}
         built = setup_model(run, context, backend, precision, data)
+        clock["model"] = time.time()
         stop.raise_if_requested()
         summary.update(describe_setup(run, context, precision, data, built, run_dir))
         from pipeline.train.callbacks import RunCallbacks
@@ -102,6 +104,7 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         run_dir.write_summary(summary)
         trainer = setup_trainer(run, context, precision, data, built, run_dir, callbacks.all, wandb_run, summary)
         train(trainer, point, summary, data.stream)
+        summary["startup_seconds"] = startup_seconds(started, clock, callbacks.first_step.began)
         check_finite(run, trainer, callbacks.guard)
         if callbacks.graceful.exit_code is not None:
             summary["status"] = "interrupted"
@@ -285,6 +288,13 @@ def train(trainer: Any, point: Any, summary: dict, stream: Any = None) -> None:
     trainer.train(resume_from_checkpoint=checkpoint)
     if stream is not None and stream.trained:  # how far training read the stream (counted on from a checkpoint)
         summary["data_stream"].update({k: v for k, v in stream.trained.items() if k != "source_state"})
+
+
+def startup_seconds(started: float, clock: dict, first_step: float | None) -> dict:
+    """Where the time before the first step went: reading and preparing data (with the imports it needs), loading
+    the model, and from the model loaded to the first step (trainer set-up, the first batches)."""
+    return {"data": round(clock["data"] - started, 2), "model": round(clock["model"] - clock["data"], 2),
+            "model_to_first_step": round(first_step - clock["model"], 2) if first_step else None}
 
 
 def load_adapter_weights(model: Any, checkpoint: Any) -> None:
