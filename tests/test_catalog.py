@@ -274,7 +274,8 @@ CASES = [
          '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}\n',
          line="error: data.source: sample 0 has an assistant message whose content is a number, not text"),
     data("train flag that is no boolean",
-         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "train": "maybe"}]}\n',
+         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", '
+         '"train": "maybe"}]}\n',
          line="error: data.source: sample 0: an assistant message's 'train' is 'maybe', not true or false"),
     data("loss weight that is no number",
          '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", '

@@ -137,7 +137,8 @@ def test_turn_flags_read_their_common_spellings(flag: dict, trained: bool) -> No
 def test_turn_flags_that_say_nothing_clear_are_refused(flag: dict) -> None:
     from pipeline.data.checks import turn_trained
 
-    with pytest.raises(ConfigError, match=r"^error: data.source: sample 3: an assistant message's '(train|loss_weight)' is"):
+    with pytest.raises(ConfigError, match=r"^error: data.source: sample 3: an assistant message's "
+                                          r"'(train|loss_weight)' is"):
         turn_trained({"role": "assistant", "content": "x", **flag}, "sample 3")
 
 

@@ -9,6 +9,7 @@ Rows are read `BATCH_ROWS` at a time, so the checks hold one batch in memory, ne
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -145,3 +146,38 @@ def turn_trained(turn: dict, where: str = "a sample", key: str = "data.source") 
         raise ConfigError(key, f"{where}: an assistant message's 'loss_weight' is {weight!r}, not a number of 0 or "
                           "more", "write a number: 0 leaves the turn untrained, anything else trains it")
     return value != 0
+
+
+@dataclass
+class Scan:
+    """What one pass over the conversations found, so that normalizing need not read them again."""
+    flagged: bool = False        # a message carries a per-turn loss flag
+    parts: bool = False          # some content comes in parts
+    tools: tuple[str, ...] = ()  # what of tool calling the data holds (tools.PARTS)
+    without_answer: list[int] = field(default_factory=list)  # samples with no assistant turn
+
+    def add(self, conversations: list, definitions: list | None, start: int) -> list[str]:
+        """Add a batch of conversations (the first is sample `start`); returns what of tool calling it uses."""
+        from pipeline.data import tools as tool_use
+
+        for offset, turns in enumerate(conversations):
+            answered = False
+            for turn in turns:
+                self.flagged = self.flagged or turn.get("train") is not None or turn.get("loss_weight") is not None
+                self.parts = self.parts or isinstance(turn["content"], list)
+                answered = answered or turn["role"] == "assistant"
+            if not answered:
+                self.without_answer.append(start + offset)
+        used = tool_use.used(conversations, definitions)
+        self.tools = tuple(part for part in tool_use.PARTS if part in {*self.tools, *used})
+        return used
+
+
+def scan(dataset: Any) -> Scan:
+    """The Scan of a dataset's `messages` (and `tools`), a batch of rows at a time."""
+    from pipeline.data import tools as tool_use
+
+    found = Scan()
+    for start, batch in batches(dataset, [c for c in ("messages", tool_use.TOOLS) if c in dataset.column_names]):
+        found.add(batch["messages"], batch.get(tool_use.TOOLS), start)
+    return found

@@ -199,31 +199,14 @@ def use_training_template(tokenizer: Any) -> bool:
     return has_generation_markers(tokenizer)
 
 
-def _scan(dataset: Any) -> tuple[bool, bool, tuple[str, ...]]:
-    """(whether any message carries a loss flag, whether any content comes in parts, what of tool calling the data
-    holds), in one pass over the turns, a batch of rows at a time."""
-    flagged = parts = False
-    found: set[str] = set()
-    for _, batch in checks.batches(dataset, [c for c in ("messages", tools.TOOLS) if c in dataset.column_names]):
-        for turns in batch["messages"]:
-            for turn in turns:
-                flagged = flagged or turn.get("train") is not None or turn.get("loss_weight") is not None
-                parts = parts or isinstance(turn["content"], list)
-        found.update(tools.used(batch["messages"], batch.get(tools.TOOLS)))
-    return flagged, parts, tuple(part for part in tools.PARTS if part in found)
-
-
 def _trained_turns(row: dict) -> dict:
     return {TRAINED_TURNS: [checks.turn_trained(turn) for turn in row["messages"] if turn["role"] == "assistant"]}
 
 
-def _has_answer(row: dict) -> bool:
-    return any(turn["role"] == "assistant" for turn in row["messages"])
-
-
-def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
-              template: str = "the chat template", mask_history: bool = False) -> Datasets:
-    """Rewrite rows into TRL's form (`template` names the chat template in errors): the rows as `train`, no `eval`."""
+def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any, template: str = "the chat template",
+              mask_history: bool = False, scan: checks.Scan | None = None) -> Datasets:
+    """Rewrite rows into TRL's form (`template` names the chat template in errors): the rows as `train`, no `eval`.
+    `scan`: what reading found in the conversations (else they are scanned here)."""
     columns = dataset.column_names
     responses = loss_on == "responses"
     if mask_history and not (fmt == "alpaca" and "history" in columns):
@@ -247,7 +230,8 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
         dataset = dataset.map(_sharegpt_to_messages, with_indices=True,
                               remove_columns=[c for c in columns if c != tools.TOOLS])
     dataset = dataset.select_columns([c for c in ("messages", tools.TOOLS) if c in dataset.column_names])
-    flagged, in_parts, tool_parts = _scan(dataset)
+    found = scan or checks.scan(dataset)
+    flagged, in_parts, tool_parts = found.flagged, found.parts, found.tools
     if in_parts:
         dataset = dataset.map(_joined_parts, desc="Joining content parts")
     marked = responses and use_training_template(tokenizer)  # first: what is checked is the template that trains
@@ -262,8 +246,9 @@ def normalize(dataset: Any, fmt: str, loss_on: str, tokenizer: Any,
             log.warning("data: the messages' per-turn loss flags (train / loss_weight) are not used: "
                         "data.loss_on=all trains every token")
         return Datasets(dataset, None, fmt, False, False, tools=tool_parts)
-    with_answer = dataset.filter(_has_answer, desc="Dropping conversations without an answer")
-    dropped = len(dataset) - len(with_answer)
+    without = set(found.without_answer)
+    with_answer = dataset.select([i for i in range(len(dataset)) if i not in without]) if without else dataset
+    dropped = len(without)
     if flagged:  # per-turn flags: prepare masks the assistant turns whose flag is off
         with_answer = with_answer.map(_trained_turns, desc="Reading per-turn loss flags")
     if marked:  # TRL's masks, from the template's {% generation %} markers
@@ -304,6 +289,8 @@ class Raw:
     dataset: Any
     eval_dataset: Any  # data.eval_source, or None
     format: str
+    scan: checks.Scan | None = None       # what reading found in the conversations (normalize reads them no more)
+    eval_scan: checks.Scan | None = None
 
 
 def read(data: Any, method: str = "sft") -> Raw:
@@ -318,26 +305,27 @@ def read(data: Any, method: str = "sft") -> Raw:
     fmt = detect_format(dataset.column_names) if data.format == "auto" else data.format
     if data.format == "auto":
         log.info("data: format detected from columns %s: %s", dataset.column_names, fmt)
-    check_read(dataset, fmt)
-    held_out = None
+    scanned = check_read(dataset, fmt)
+    held_out = held_out_scan = None
     if data.eval_source not in (None, "", []):
         held_out = load_source(data, data.eval_source, key="data.eval_source")
         _check_columns(held_out.column_names, fmt)
-        _check_conversations(held_out, fmt, "data.eval_source")
+        held_out_scan = _check_conversations(held_out, fmt, "data.eval_source")
     elif data.val_size:
         eval_count(data.val_size, len(dataset))  # checked now; the split itself follows normalization
-    return Raw(dataset, held_out, fmt)
+    return Raw(dataset, held_out, fmt, scanned, held_out_scan)
 
 
-def check_read(dataset: Any, fmt: str) -> None:
+def check_read(dataset: Any, fmt: str) -> checks.Scan | None:
     """What reading checks in rows of `fmt`: the format's columns, then every row's fields."""
     _check_columns(dataset.column_names, fmt)
     warn_about_unused_columns(dataset.column_names, fmt)
-    _check_conversations(dataset, fmt)
+    return _check_conversations(dataset, fmt)
 
 
-def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> None:
-    """Required fields, then (conversations) every turn's role and content, and the tool calls and tools."""
+def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> checks.Scan | None:
+    """Required fields, then (conversations) every turn's role and content, and the tool calls and tools; returns
+    what the pass over the conversations found."""
     if fmt not in ("messages", "sharegpt"):
         check_rows(dataset, fmt, key)
         if fmt == "alpaca" and {"system", "history"} & set(dataset.column_names):
@@ -348,9 +336,10 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
                     alpaca_to_messages(row, index, False)
                 except ConfigError as error:
                     raise ConfigError(key, error.problem, error.fix) from error
-        return
+        return None
     column = "messages" if fmt == "messages" else "conversations"
     wanted = [c for c in (column, "system", tools.TOOLS) if c in dataset.column_names]
+    found = checks.Scan()
     try:
         for start, batch in checks.batches(dataset, wanted):  # a batch at a time: memory stays flat
             check_turns(batch[column], column, key, start)
@@ -359,13 +348,14 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> No
                 [_sharegpt_to_messages(row, start + i)["messages"] for i, row in enumerate(rows)]
             check_roles(conversations, key, column, start)
             definitions = batch.get(tools.TOOLS) or [None] * len(conversations)
-            if tools.used(conversations, definitions):
+            if found.add(conversations, definitions, start):  # this batch uses tool calling: its calls checked
                 for offset, (messages, definition) in enumerate(zip(conversations, definitions, strict=True)):
                     tools.normalize_row({"messages": messages, tools.TOOLS: definition}, start + offset)
     except ConfigError as error:  # the sample is named; the key says which source holds it
         if error.key != "data.source":
             raise
         raise ConfigError(key, error.problem, error.fix) from error
+    return found
 
 
 def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None, template: str | None = None,
@@ -382,13 +372,13 @@ def build(data: Any, tokenizer: Any, seed: int, raw: Raw | None = None, template
         raise ConfigError("model.chat_template", "the tokenizer has no chat template for this conversational data",
                           "set model.chat_template, e.g. model.chat_template=chatml")
     label = f"the chat template '{template}'" if template else "the tokenizer's own chat template"
-    normalized = normalize(dataset, fmt, data.loss_on, tokenizer, label, data.mask_history)
+    normalized = normalize(dataset, fmt, data.loss_on, tokenizer, label, data.mask_history, raw.scan)
     dataset, dropped = normalized.train, normalized.dropped_without_answer
     if len(dataset) == 0:
         raise ConfigError("data.source", f"none of its {dropped} conversations has an assistant answer: nothing "
                           "to train on", "add assistant turns, or train on every token with data.loss_on=all")
     if raw.eval_dataset is not None:
-        held_out = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer, label, data.mask_history)
+        held_out = normalize(raw.eval_dataset, fmt, data.loss_on, tokenizer, label, data.mask_history, raw.eval_scan)
         train, evaluation, dropped = dataset, held_out.train, dropped + held_out.dropped_without_answer
     else:
         train, evaluation = split(dataset, data.val_size, seed)

@@ -161,18 +161,19 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
 
 
 def token_counts(dataset: Any) -> tuple[list[int], list[int]]:
-    """(tokens, trained tokens) of every sample, counted on the Arrow columns (no row is made a Python object)."""
+    """(tokens, trained tokens) of every sample, counted on the Arrow columns a record batch at a time (no row is
+    made a Python object, and memory holds one batch's labels)."""
     import numpy as np
     import pyarrow.compute as pc
 
-    table = dataset.with_format("arrow")[:]  # the rows as they stand (a selection's indices applied)
-    if not len(table):
-        return [], []
-    labels = table.column("labels").combine_chunks()
-    offsets = labels.offsets.to_numpy()
-    trained_running = np.concatenate([[0], np.cumsum(pc.list_flatten(labels).to_numpy() != IGNORE)])
-    trained = trained_running[offsets[1:] - offsets[0]] - trained_running[offsets[:-1] - offsets[0]]
-    return pc.list_value_length(table.column("input_ids")).to_numpy().tolist(), trained.tolist()
+    table = dataset.select_columns(["input_ids", "labels"]).with_format("arrow")[:]  # a selection's indices applied
+    lengths: list[int] = pc.list_value_length(table.column("input_ids")).to_pylist()
+    trained: list[int] = []
+    for labels in table.column("labels").chunks:
+        offsets = labels.offsets.to_numpy()
+        running = np.concatenate([[0], np.cumsum(pc.list_flatten(labels).to_numpy() != IGNORE, dtype=np.int64)])
+        trained += (running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]).tolist()
+    return lengths, trained
 
 
 def _windows(batch: dict, max_length: int) -> dict:

@@ -126,9 +126,9 @@ def quiet_data_logs() -> Iterator[None]:
 
 def prepare_rows(rows: Any, fmt: str, run: Any, tokenizer: Any, name: str) -> tuple[Any, Any, formats.Datasets]:
     """One chunk as a whole dataset is prepared: checked, normalized, tokenized and masked, length policy, packed."""
-    formats.check_read(rows, fmt)
+    scanned = formats.check_read(rows, fmt)
     data = dataclasses.replace(run.data, val_size=0, max_samples=None, eval_source=None)
-    built = formats.build(data, tokenizer, run.seed, formats.Raw(rows, None, fmt), run.model.chat_template)
+    built = formats.build(data, tokenizer, run.seed, formats.Raw(rows, None, fmt, scanned), run.model.chat_template)
     max_length = run.data.max_length or run.model.max_seq_length
     dataset, stats = prepare.prepare_split(built.train, built, tokenizer, run, name, max_length)
     stats.dropped_without_answer = built.dropped_without_answer
