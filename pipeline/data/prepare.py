@@ -119,8 +119,9 @@ def apply_turn_flags(dataset: Any, name: str) -> Any:
     return dataset.map(mask, with_indices=True, remove_columns=[TRAINED_TURNS], desc=f"Per-turn flags ({name})")
 
 
-def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, loss_on: str) -> tuple[Any, LengthStats]:
-    lengths, trained_before = token_counts(dataset)
+def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, loss_on: str,
+                        num_proc: int | None = None) -> tuple[Any, LengthStats]:
+    lengths, trained_before = token_counts(dataset, num_proc)
     over = [i for i, n in enumerate(lengths) if n > max_length]
     if over and policy == "raise":
         raise ConfigError("data.overlength", f"{len(over)} {name} samples are longer than {max_length} tokens "
@@ -140,7 +141,7 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
         dataset = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length],
                                            "labels": row["labels"][:max_length]}, desc=f"Truncating {name}")
     before = len(dataset)
-    trained = token_counts(dataset)[1] if over else trained_before  # the policy changed rows: counted again
+    trained = token_counts(dataset, num_proc)[1] if over else trained_before  # the policy changed rows: again
     kept = [i for i, count in enumerate(trained) if count]
     if len(kept) < before:  # samples with no trained token left
         dataset = dataset.select(kept)
@@ -160,20 +161,28 @@ def apply_length_policy(dataset: Any, max_length: int, policy: str, name: str, l
     return dataset.select_columns(["input_ids", "labels"]), stats
 
 
-def token_counts(dataset: Any) -> tuple[list[int], list[int]]:
-    """(tokens, trained tokens) of every sample, counted on the Arrow columns a record batch at a time (no row is
-    made a Python object, and memory holds one batch's labels)."""
+def token_counts(dataset: Any, num_proc: int | None = None) -> tuple[list[int], list[int]]:
+    """(tokens, trained tokens) of every sample, counted on the Arrow columns a batch at a time, in the tokenizing
+    processes for large data (data.num_proc): no row is made a Python object, and this process reads two numbers a
+    sample instead of every token."""
+    counted = dataset.select_columns(["input_ids", "labels"]).with_format("arrow").map(
+        _count_batch, batched=True, remove_columns=["input_ids", "labels"],
+        num_proc=processes(num_proc, len(dataset)), desc="Counting tokens")
+    table = counted.with_format("arrow")[:]
+    return table.column("tokens").to_pylist(), table.column("trained").to_pylist()
+
+
+def _count_batch(batch: Any) -> Any:
+    """A batch's tokens and trained tokens (labels other than IGNORE) per sample, as an Arrow table."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = dataset.select_columns(["input_ids", "labels"]).with_format("arrow")[:]  # a selection's indices applied
-    lengths: list[int] = pc.list_value_length(table.column("input_ids")).to_pylist()
-    trained: list[int] = []
-    for labels in table.column("labels").chunks:
-        offsets = labels.offsets.to_numpy()
-        running = np.concatenate([[0], np.cumsum(pc.list_flatten(labels).to_numpy() != IGNORE, dtype=np.int64)])
-        trained += (running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]).tolist()
-    return lengths, trained
+    labels = batch.column("labels").combine_chunks()
+    offsets = labels.offsets.to_numpy()
+    running = np.concatenate([[0], np.cumsum(pc.list_flatten(labels).to_numpy() != IGNORE, dtype=np.int64)])
+    trained = running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]
+    return pa.table({"tokens": pc.list_value_length(batch.column("input_ids")), "trained": pa.array(trained)})
 
 
 def _windows(batch: dict, max_length: int) -> dict:
@@ -231,7 +240,7 @@ def prepare_split(dataset: Any, datasets: Datasets, tokenizer: Any, run: Any, na
                                          processes(run.data.num_proc, len(tokenized)))
     tokenized = apply_turn_flags(tokenized, name)
     policy = length_policy(run.data.overlength, datasets.format)
-    return apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on)
+    return apply_length_policy(tokenized, max_length, policy, name, run.data.loss_on, run.data.num_proc)
 
 
 DROP_WARNING_SHARE = 0.10  # more of a split than this dropped is said in a warning line
