@@ -107,8 +107,10 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> subp
         if not record.is_file():
             home, run_dir = shared / "quickstart-home", shared / "quickstart-run"
             home.mkdir()
+            # a secret put into a config value (a W&B tag) is written as its name, never as itself
             result = run_cli("pipeline.train", "experiment=quickstart", "eval.before_after=true",
-                             f"hydra.run.dir={run_dir}", home=home, HF_TOKEN=SECRET, WANDB_API_KEY_FILE="/nonexistent")
+                             "logger.tags=[${oc.env:HF_TOKEN},kept]", f"hydra.run.dir={run_dir}", home=home,
+                             HF_TOKEN=SECRET, WANDB_API_KEY_FILE="/nonexistent")
             record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
                                           "stdout": result.stdout, "stderr": result.stderr}))
     result = subprocess.CompletedProcess(**json.loads(record.read_text()))

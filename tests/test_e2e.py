@@ -53,10 +53,12 @@ def test_quickstart_learns_its_task_and_says_so(quickstart: subprocess.Completed
     assert list(offline[0].glob("files/media/table/eval/answers_*.table.json"))
     for line in ("trainable params", "effective batch", "target modules", "run directory"):
         assert line in printed
-    # secrets never land in files
+    # secrets never land in files, also where a config value holds one (logger.tags=[${oc.env:HF_TOKEN}])
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+    assert "tags:\n  - <$HF_TOKEN>\n  - kept" in (run_dir / "config.resolved.yaml").read_text()
+    assert "note: a config value holds $HF_TOKEN: written as <$HF_TOKEN> in config files and W&B" in printed
 
 
 def test_quickstart_on_the_hf_backend_with_a_named_template_from_trl(tmp_path: Path, home: Path) -> None:

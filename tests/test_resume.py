@@ -232,3 +232,18 @@ def test_a_dpo_run_stops_gracefully_and_resume_completes(tmp_path: Path, home: P
     result = run_cli("pipeline.train", *LONG, *dpo, "resume=auto", f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary_of(run_dir)["status"] == "completed" and summary_of(run_dir)["global_step"] == STEPS
+
+
+@pytest.mark.parametrize("resume", [[], ["resume=auto"]], ids=["new-run", "resume"])
+def test_a_folder_of_the_users_files_is_never_made_a_run(resume: list[str], tmp_path: Path, home: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"notes.txt": "my notes\n", "metrics.jsonl": '{"mine": 1}\n'}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", *resume, f"hydra.run.dir={mine}",
+                     home=home)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: hydra.run.dir: {mine} holds files that are "
+                                                               "not a run's (metrics.jsonl, notes.txt)")
+    # every file as it was, and nothing of a run added
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files

@@ -48,8 +48,27 @@ def main(cfg: DictConfig) -> float | None:
     return run_command(cfg, train)
 
 
+def refuse_a_folder_of_user_files(argv: list[str]) -> None:
+    """hydra.run.dir given on the command line: a folder of the user's own files is refused before Hydra writes its
+    job log into it (the recipe checks again, for a run directory set any other way)."""
+    from pathlib import Path
+
+    from pipeline.errors import EXIT_USAGE, ConfigError
+    from pipeline.outputs.rundir import RunDirectory
+
+    given = [a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")]
+    if not given or "${" in given[-1] or {"-m", "--multirun"} & set(argv):
+        return
+    try:
+        RunDirectory(Path(given[-1]).expanduser()).refuse_foreign_files()
+    except ConfigError as error:
+        sys.stderr.write(error.line() + "\n")
+        sys.exit(EXIT_USAGE)
+
+
 def cli() -> None:
     stop.install()  # during training the trainer's graceful stop takes over
+    refuse_a_folder_of_user_files(sys.argv[1:])
     try:
         entry(main)()
     except KeyboardInterrupt as interrupt:

@@ -30,6 +30,9 @@ LOW_SPACE = 16 * 2**20  # below this, any failed write is taken for a full disk 
 log = logging.getLogger(__name__)
 
 
+HYDRA_OWN = (".hydra", ".lock")  # what Hydra and an earlier refused start may have left in a run's folder
+
+
 @dataclass
 class RunDirectory:
     path: Path
@@ -50,6 +53,17 @@ class RunDirectory:
 
     def read_summary(self) -> dict | None:
         return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else None
+
+    def refuse_foreign_files(self) -> None:
+        """A folder that holds files and no run (no summary.json, no checkpoints/) is the user's: refused, so that
+        none of its files is replaced (a metrics.jsonl, a notes.txt). Hydra's own job log may be there already."""
+        if not self.path.is_dir() or (self.path / "summary.json").exists() or self.checkpoints.is_dir():
+            return
+        foreign = sorted(f.name for f in self.path.iterdir() if f.name not in HYDRA_OWN and not f.name.endswith(".log"))
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise ConfigError("hydra.run.dir", f"{self.path} holds files that are not a run's ({shown})",
+                              "give a new or empty folder, or hydra.run.dir of a run to continue with resume=auto")
 
     def lock(self) -> None:
         """Hold an exclusive lock for this process's lifetime: a second run into the same directory is refused."""
@@ -160,8 +174,10 @@ def write_hydra_files(run_dir: Path, files: tuple[tuple[str, str], ...]) -> None
     """Hydra's record of the invocation (.hydra/config.yaml, hydra.yaml, overrides.yaml)."""
     if files:
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    from pipeline.config.resolved import without_secret_values
+
     for name, text in files:
-        write_atomically(run_dir / ".hydra" / name, text)
+        write_atomically(run_dir / ".hydra" / name, without_secret_values(text))
 
 
 def write_resolved_config(run_dir: Path, config: dict) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.context import RunContext
+from pipeline.config.resolved import without_secret_values
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ def start(run: Any, config: dict, run_dir: Path, context: RunContext, run_id: st
         return None
     os.environ.setdefault("WANDB_LOG_MODEL", "false")  # adapters stay in the run directory, not W&B artifacts
     tags = [t for t in (context.model_choice, context.preset, context.choices.get("quantization"), run.backend)
-            if t] + list(run.logger.tags)
-    return init(mode, project=run.logger.project, entity=run.logger.entity, name=run_name(run, context),
+            if t] + [without_secret_values(str(tag)) for tag in run.logger.tags]
+    return init(mode, project=run.logger.project, entity=run.logger.entity,
+                name=without_secret_values(run_name(run, context)),
                 group=sweep_group(run, context), tags=tags, config=config, dir=str(run_dir),
                 reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
 

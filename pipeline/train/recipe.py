@@ -147,6 +147,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
     run_dir = RunDirectory(path, writes=context.main_process)
     if not run_dir.writes:  # rank 0 checks and writes; the others only need the same resume point
         return run_dir, resume_lib.find_resume_point(run.resume, run_dir) if run.resume else None
+    run_dir.refuse_foreign_files()  # a folder of the user's own files is never made a run (before the lock file)
     run_dir.lock()
     previous = run_dir.read_summary()
     if run.resume is None:
