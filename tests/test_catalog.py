@@ -62,6 +62,10 @@ CASES = [
     # --- config values: caught before anything heavy is imported -------------------------------------------------
     train("unknown key with a synonym", "lora.rank=8", line="error: lora.rank: unknown key. Did you mean 'lora.r'?"),
     train("rank zero", "lora.r=0", line="error: lora.r: 0 is out of range"),
+    train("--cfg with a value Hydra does not offer", "--cfg", "bogus",
+          line="error: --cfg: 'bogus' is not one of job, hydra, all"),
+    train("--info with a value Hydra does not offer", "--info", "bogus",
+          line="error: --info: 'bogus' is not one of all, config, defaults, defaults-tree, plugins, searchpath"),
     train("seed negative", "seed=-1", line="error: seed: -1 is out of range: must be in [0, 2**32) (numpy's and "
           "torch's seeds). Use e.g. seed=3407."),
     train("seed too large", "seed=4294967296", line="error: seed: 4294967296 is out of range"),

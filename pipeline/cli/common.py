@@ -23,6 +23,7 @@ from pipeline.config.launch import is_main_process, single_process_note
 from pipeline.config.resolvers import REPO
 from pipeline.config.validate import to_afterconfig
 from pipeline.errors import (
+    EXIT_USAGE,
     FAILED_JOBS,
     ConfigError,
     first_line,
@@ -122,6 +123,23 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+# Hydra's own flags that take a choice (hydra/_internal/utils.py): argparse would print its whole usage for a bad one
+HYDRA_FLAG_CHOICES = {("--cfg", "-c"): ("job", "hydra", "all"),
+                      ("--info", "-i"): ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")}
+
+
+def refuse_unknown_hydra_flag_values(argv: list[str]) -> None:
+    """`--cfg bogus`, `--info bogus`: one line naming the flag and its choices, exit 2."""
+    for position, argument in enumerate(argv[:-1]):
+        for flags, choices in HYDRA_FLAG_CHOICES.items():
+            value = argv[position + 1]
+            optional = flags[0] == "--info" and (value.startswith("-") or "=" in value)  # --info takes no value
+            if argument in flags and value not in choices and not optional:
+                sys.stderr.write(f"error: {flags[0]}: '{value}' is not one of {', '.join(choices)}. "
+                                 f"Give {flags[0]} {choices[0]}, for example.\n")
+                sys.exit(EXIT_USAGE)
+
+
 def entry(main: Callable[[], Any]) -> Callable[[], None]:
     """A console-script entry point around a Hydra main: Hydra's own errors become one line too."""
 
@@ -130,6 +148,7 @@ def entry(main: Callable[[], Any]) -> Callable[[], None]:
         # off torch's and transformers' object graph, which otherwise takes seconds of a run's wall time
         atexit.register(gc.freeze)
         install_hydra_error_handler()
+        refuse_unknown_hydra_flag_values(sys.argv[1:])
         try:
             main()
         except BrokenPipeError:  # `--help | head`: the reader went away; nothing is left to say, and no traceback

@@ -10,8 +10,16 @@ from pathlib import Path
 from pipeline.errors import EXIT_USAGE
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line too (argparse prints its usage block, then the error)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message}. See {self.prog} --help.\n")
+        sys.exit(EXIT_USAGE)
+
+
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.summarize", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m pipeline.summarize", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/multirun/<date>/<time>")
     sweep_dir = parser.parse_args(argv).sweep_dir
     from pipeline.outputs import sweep
