@@ -103,6 +103,11 @@ def translate_compose_error(ex: BaseException) -> ConfigError | None:
         opts = [o.strip() for o in options.split(",")]
         return ConfigError(key, f"'{value}' is not allowed", did_you_mean(value, opts))
 
+    appended = _ALREADY_THERE.search(full)
+    if appended:  # `+lora.r=8`: '+' adds a key the config does not have
+        where = appended.group(1)
+        return ConfigError(where, "is already in the config, and '+' adds a new key",
+                           f"drop the '+' ({where}=...), or write ++{where}=... to set it either way")
     if "Could not override" in full or "Error merging override" in full or "Could not append" in full:
         return ConfigError(key, _cause_line(cause, text), "check the override's key and value")
     return None
@@ -197,6 +202,8 @@ def _output_dir_error(ex: OSError) -> ConfigError | None:
 
 
 _GROUP_NOT_A_NAME = re.compile(r"Config group override must be a string or a list")
+_ALREADY_THERE = re.compile(r"Could not append to config\. An item is already at '([\w.]+)'")
+_NEEDS_QUOTES = re.compile(r"[^\x00-\x7f]|~")  # characters Hydra's grammar takes only inside quotes
 _OVERRIDE = re.compile(r"^[+~]*([\w./@-]+)=(.*)$")
 
 
@@ -209,6 +216,11 @@ def _override_syntax_error(ex: Exception) -> ConfigError:
     problem = str(ex).splitlines()[0].rstrip(".")
     found = re.search(r"input '(.*)'", problem)
     culprit = next((key for key, value in _command_line_overrides() if found and found.group(1) in value), None)
+    lexed = re.search(r"LexerNoViableAltException: ([^=]+)=(.*)\)?$", problem)
+    if lexed and _NEEDS_QUOTES.search(lexed.group(2)):  # `name=~x`, `name=café`
+        key, value = lexed.group(1).lstrip("+~"), lexed.group(2).rstrip(")")
+        return ConfigError(key, f"'{value}' holds a character Hydra reads only inside quotes ('~' or one outside "
+                           "ASCII)", f"quote the value, and the whole override in the shell: '{key}=\"{value}\"'")
     return ConfigError(culprit or "overrides", f"cannot parse the override ({problem})",
                        "close brackets and quotes, and quote the whole override in the shell: 'key=[a,b]'")
 

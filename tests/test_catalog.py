@@ -62,6 +62,18 @@ CASES = [
     # --- config values: caught before anything heavy is imported -------------------------------------------------
     train("unknown key with a synonym", "lora.rank=8", line="error: lora.rank: unknown key. Did you mean 'lora.r'?"),
     train("rank zero", "lora.r=0", line="error: lora.r: 0 is out of range"),
+    train("a list of target presets", "lora/target_modules=[attention,mlp]",
+          line="error: lora/target_modules: [attention,mlp] merges presets, and the last one's list replaces the "
+          "others' (only mlp would be adapted). Give one preset, or all their roles: "
+          "'lora.target_modules=[q,k,v,o,gate,up,down]'"),
+    train("'+' on a key the config has", "+lora.r=8",
+          line="error: lora.r: is already in the config, and '+' adds a new key. Drop the '+'"),
+    train("a '~' in a value unquoted", "name=~x",
+          line="error: name: '~x' holds a character Hydra reads only inside quotes"),
+    train("a non-ASCII value unquoted", "name=café",
+          line="error: name: 'café' holds a character Hydra reads only inside quotes"),
+    train("LoRA on the output layer", "lora.target_modules=[q_proj,lm_head]",
+          line="error: lora.target_modules: 'lm_head' is the output layer"),
     train("--cfg with a value Hydra does not offer", "--cfg", "bogus",
           line="error: --cfg: 'bogus' is not one of job, hydra, all"),
     train("--info with a value Hydra does not offer", "--info", "bogus",
@@ -362,6 +374,10 @@ CASES = [
          command="pipeline.export"),
     Case("export: a run that did not complete", ("run={run}",), "error: run: {run} holds no completed run (status: "
          "interrupted)", command="pipeline.export", setup="resumable", leaves=("summary.json",), status="interrupted"),
+    Case("export: a file for the run", ("run={tmp}/a-file",), "error: run: {tmp}/a-file is a file, not a run "
+         "directory", command="pipeline.export", files=(("a-file", b"x"),)),
+    Case("export: a training setting", ("run={run}", "lora.r=8"), "error: lora: unknown key. 'lora' is a training "
+         "setting; this command works on a trained run", command="pipeline.export"),
     Case("export: format unknown", ("run={run}", "export.format=onnx"), "error: export.format: 'onnx' is not allowed",
          command="pipeline.export"),
     Case("export: dtype unknown", ("run={run}", "export.dtype=int4"), "error: export.dtype: 'int4' is not allowed",

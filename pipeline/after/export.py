@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.after import reference
-from pipeline.after.finished import FinishedRun
+from pipeline.after.finished import FinishedRun, load_adapter
 from pipeline.data.turns import end_of_turn
 from pipeline.errors import ConfigError
 from pipeline.outputs.rundir import write_atomically
@@ -67,7 +67,6 @@ def export_adapter(run: FinishedRun, staging: Path) -> dict:
 
 def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     record = reference.read(run.adapter)
@@ -83,7 +82,7 @@ def export_merged(run: FinishedRun, staging: Path, dtype_name: str) -> dict:
     name, revision = run.base_16bit()  # never a 4-bit checkpoint: merged weights would carry its rounding
     base = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32,
                                                 trust_remote_code=run.config.model.trust_remote_code)
-    with_adapter = PeftModel.from_pretrained(base, run.adapter).eval()
+    with_adapter = load_adapter(base, run)
     expected = logits(with_adapter, samples)
     with with_adapter.disable_adapter():
         base_now = reference.token_losses(with_adapter, samples)
@@ -155,8 +154,6 @@ def reproduce_training(run: FinishedRun, samples: list[dict]) -> reference.Score
     the adapter or base changed."""
     import dataclasses
 
-    from peft import PeftModel
-
     from pipeline.model.backends import hf
     from pipeline.train.precision import resolve_precision
 
@@ -164,7 +161,7 @@ def reproduce_training(run: FinishedRun, samples: list[dict]) -> reference.Score
     repo = (run.summary.get("loaded") or {}).get("repo") or config.model.name
     as_loaded = dataclasses.replace(config, model=dataclasses.replace(config.model, name=repo))
     base = hf.load(as_loaded, resolve_precision(config.model.dtype, "hf"))
-    scored = reference.score(PeftModel.from_pretrained(base, run.adapter).eval(), samples)
+    scored = reference.score(load_adapter(base, run), samples)
     del base
     return scored
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,66 @@ def open_finished_run(run: str | None, unquantized_base: str | None = None) -> F
     if not summary_file.is_file() or not config_file.is_file():
         raise ConfigError("run", f"{run} is not a run directory (no summary.json and config.resolved.yaml)",
                           "give the directory a train run wrote")
-    summary = json.loads(summary_file.read_text())
+    summary = read_json(summary_file)
     if summary.get("status") != "completed" or not (path / "adapter" / "adapter_config.json").is_file():
         raise ConfigError("run", f"{run} holds no completed run (status: {summary.get('status')}) and no final "
                           "adapter", "finish it first (resume=auto), or give a completed run")
+    check_adapter_files(path / "adapter")
     return FinishedRun(path, _train_config(config_file), summary, unquantized_base)
+
+
+DAMAGED_FIX = "restore it from a copy, or train the run again"
+
+
+def read_json(path: Path) -> dict:
+    """A run's JSON file; a damaged one (cut short, edited, binary) is named in one line."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError("run", f"{path} is damaged (not valid JSON: {first_line(error)})", DAMAGED_FIX) from error
+    if not isinstance(value, dict):
+        raise ConfigError("run", f"{path} is damaged (not a JSON object)", DAMAGED_FIX)
+    return value
+
+
+def check_adapter_files(adapter: Path) -> None:
+    """The adapter's config reads as JSON and its weights file is there with a readable header."""
+    from safetensors import safe_open
+
+    read_json(adapter / "adapter_config.json")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ConfigError("run", f"{weights} is missing: the run's adapter has no weights", DAMAGED_FIX)
+    try:
+        with safe_open(str(weights), framework="pt") as opened:
+            opened.keys()
+    except Exception as error:  # noqa: BLE001 - safetensors' own error types for a cut or foreign file
+        raise ConfigError("run", f"{weights} is damaged ({first_line(error)})", DAMAGED_FIX) from error
+
+
+def load_adapter(base: Any, run: FinishedRun) -> Any:
+    """The run's adapter on `base` (PEFT); one whose shapes do not fit the base (edited, or trained on another
+    model) is named in one line."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, run.adapter).eval()
+    except RuntimeError as error:
+        if "size mismatch" not in str(error):
+            raise
+        raise ConfigError("run", f"{run.adapter} does not fit the base {run.config.model.name} ({first_line(error)})",
+                          "the adapter was edited or trained on another model: " + DAMAGED_FIX) from error
 
 
 def _train_config(config_file: Path) -> Any:
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     from pipeline.config.schema import TrainConfig
 
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(config_file))
-    return OmegaConf.to_object(merged)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(config_file))
+        return OmegaConf.to_object(merged)
+    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError("run", f"{config_file} is damaged ({first_line(error)})", DAMAGED_FIX) from error

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipeline.after.finished import FinishedRun
+from pipeline.after.finished import FinishedRun, load_adapter
 from pipeline.errors import ConfigError
 
 
@@ -26,9 +26,8 @@ def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
         dtype = torch.float32 if precision.device == "cpu" else precision.dtype  # CPUs compute in float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map(precision))
         return model.eval(), AutoTokenizer.from_pretrained(path)
-    from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_base(run, settings.base, precision), run.adapter).eval(), \
+    return load_adapter(load_base(run, settings.base, precision), run), \
         AutoTokenizer.from_pretrained(run.adapter)
 
 

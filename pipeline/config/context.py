@@ -51,6 +51,7 @@ def from_hydra(run: Any) -> RunContext:
     multirun = hc.mode == RunMode.MULTIRUN
     choices = dict(hc.runtime.choices)
     overrides = tuple(hc.overrides.task)
+    refuse_a_list_of_presets(overrides)
     return RunContext(
         run_dir=Path(hc.runtime.output_dir), choices=choices, overrides=overrides, multirun=multirun,
         job_num=hc.job.num if multirun else None, sweep_dir=hc.sweep.dir if multirun else None,
@@ -85,6 +86,26 @@ def target_presets() -> dict[str, list[str]]:
     options = GlobalHydra.instance().config_loader().get_group_options(
         TARGETS_GROUP, config_name="train", overrides=searchpath_override())
     return {option: preset_roles(option) for option in sorted(options)}
+
+
+def refuse_a_list_of_presets(overrides: tuple[str, ...]) -> None:
+    """`lora/target_modules=[attention,mlp]`: Hydra merges the presets and the last one's list replaces the others',
+    so only the last would be adapted. Refused, with the union of their roles to give instead."""
+    from pipeline.errors import ConfigError
+
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") != TARGETS_GROUP or not value.strip().startswith("["):
+            continue
+        presets = [p.strip() for p in value.strip()[1:-1].split(",") if p.strip()]
+        try:
+            union = list(dict.fromkeys(role for preset in presets for role in preset_roles(preset)))
+        except Exception:  # noqa: BLE001 - an unknown preset name: Hydra has already said which
+            union = []
+        instead = f"lora.target_modules=[{','.join(union)}]" if union else "lora.target_modules=[...]"
+        raise ConfigError(TARGETS_GROUP, f"{value} merges presets, and the last one's list replaces the others' "
+                          f"(only {presets[-1] if presets else 'the last'} would be adapted)",
+                          f"give one preset, or all their roles: '{instead}'")
 
 
 def preset_label(requested: list[str], choice: Optional[str]) -> str:

@@ -10,9 +10,18 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.config.launch import launch_time, main_process_file
+from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 UNSAFE_IN_NAME = re.compile(r"[^\w.+-]")  # what `name` may not hold (the schema refuses it)
+
+
+def after_dir(run: str | None) -> str:
+    """The run directory a command on a finished run logs into: the run's own (a file there is no run)."""
+    if run and Path(str(run)).expanduser().is_file():
+        raise ConfigError("run", f"{run} is a file, not a run directory",
+                          "give the run's directory (the one holding summary.json and adapter/)")
+    return run or "outputs/no-run"
 
 
 def repo_path(relative: str) -> str:
@@ -31,7 +40,6 @@ def latest_run(name: str) -> str:
     continues one (quickstart_dpo: init_from); one line when there is none."""
     import json
 
-    from pipeline.errors import ConfigError
 
     for run in sorted(Path("outputs").glob(f"*/*_{name}"), reverse=True):
         summary = run / "summary.json"
@@ -72,7 +80,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("pipeline.suffix", run_dir_suffix)
         OmegaConf.register_new_resolver("pipeline.user_groups", user_groups)
         OmegaConf.register_new_resolver("pipeline.latest_run", latest_run)
-        OmegaConf.register_new_resolver("pipeline.after_dir", lambda run: run or "outputs/no-run")
+        OmegaConf.register_new_resolver("pipeline.after_dir", after_dir)
         # cached like Hydra's `now`: a sweep's jobs in other processes (submitit) get the sweep's own time
         OmegaConf.register_new_resolver("pipeline.launch_time", launch_time, use_cache=True)
         OmegaConf.register_new_resolver("pipeline.main_process_file", main_process_file)

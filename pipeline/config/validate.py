@@ -67,6 +67,9 @@ def suggest_key(parent: str, name: str) -> str:
     here = field_names(parent)
     prefix = f"{parent}." if parent else ""
     wanted = KEY_SYNONYMS.get(name, name)
+    if wanted == name and name in here:  # a key of train's config, unknown to the command that was given it
+        return (f"'{prefix}{name}' is a training setting; this command works on a trained run with the run's own "
+                "config (train again to change it)")
     if wanted in here:
         return f"did you mean '{prefix}{wanted}'?"
     groups = [g for g in field_names("") if field_names(g)]

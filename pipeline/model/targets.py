@@ -68,6 +68,10 @@ class Resolution:
 def resolve(requested: Iterable[str], model_type: str, preset: str = "custom") -> Resolution:
     """Map roles to module names for `model_type`; literal names pass through unchanged."""
     requested = list(requested)
+    if any(name.rsplit(".", 1)[-1] == "lm_head" for name in requested):
+        raise ConfigError("lora.target_modules", "'lm_head' is the output layer: Unsloth leaves it out of LoRA and "
+                          "TRL's chunked loss cannot read it through an adapter",
+                          "train it in full with lora.modules_to_save=[lm_head], or leave it out")
     table = family_of(model_type)
     names: list[str] = []
     notes: list[str] = []

@@ -52,7 +52,17 @@ class RunDirectory:
         return self.path / "summary.json"
 
     def read_summary(self) -> dict | None:
-        return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else None
+        """summary.json, or None; a damaged one (cut short by a crash elsewhere, edited) is named in one line."""
+        if not self.summary_file.is_file():
+            return None
+        try:
+            summary = json.loads(self.summary_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            summary = error
+        if not isinstance(summary, dict):
+            raise ConfigError("hydra.run.dir", f"{self.summary_file} is damaged (not a JSON object of a run's "
+                              "summary)", "restore it from a copy, or give this run another hydra.run.dir")
+        return summary
 
     def refuse_foreign_files(self) -> None:
         """A folder that holds files and no run (no summary.json, no checkpoints/) is the user's: refused, so that

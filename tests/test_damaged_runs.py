@@ -1,0 +1,78 @@
+"""A damaged or foreign run directory gives one line naming the file and what to do, never a traceback: a cut
+adapter_config.json, a deleted or cut adapter_model.safetensors, a damaged summary.json or config.resolved.yaml, an
+adapter whose shapes were edited, and `train` into a directory whose summary.json is damaged."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def damaged_copy(finished_run: Path, tmp_path: Path, damage: str) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    adapter = run / "adapter"
+    if damage == "adapter_config cut":
+        text = (adapter / "adapter_config.json").read_text()
+        (adapter / "adapter_config.json").write_text(text[: len(text) // 2])
+    elif damage == "weights deleted":
+        (adapter / "adapter_model.safetensors").unlink()
+    elif damage == "weights cut":
+        data = (adapter / "adapter_model.safetensors").read_bytes()
+        (adapter / "adapter_model.safetensors").write_bytes(data[:100])
+    elif damage == "summary cut":
+        (run / "summary.json").write_text('{"status": "compl')
+    elif damage == "summary binary":
+        (run / "summary.json").write_bytes(b"\xff\xfe\x00binary")
+    elif damage == "config not yaml":
+        (run / "config.resolved.yaml").write_text("model: {name: [unclosed\n")
+    elif damage == "shape edited":
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(adapter / "adapter_model.safetensors")
+        name = next(k for k in weights if "lora_A" in k)
+        weights[name] = torch.zeros(weights[name].shape[0] + 3, weights[name].shape[1])
+        save_file(weights, adapter / "adapter_model.safetensors")
+    return run
+
+
+@pytest.mark.parametrize(("damage", "line"), [
+    ("adapter_config cut", "adapter/adapter_config.json is damaged (not valid JSON"),
+    ("weights deleted", "adapter/adapter_model.safetensors is missing: the run's adapter has no weights"),
+    ("weights cut", "adapter/adapter_model.safetensors is damaged"),
+    ("summary cut", "summary.json is damaged (not valid JSON"),
+    ("summary binary", "summary.json is damaged (not valid JSON"),
+    ("config not yaml", "config.resolved.yaml is damaged"),
+])
+def test_a_damaged_run_is_named_in_one_line(damage: str, line: str, finished_run: Path, tmp_path: Path,
+                                            home: Path) -> None:
+    run = damaged_copy(finished_run, tmp_path, damage)
+    result = run_cli("pipeline.export", f"run={run}", home=home)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: run: {run}/{line}"), result.stderr
+    assert "Restore it from a copy, or train the run again." in result.stderr
+
+
+def test_an_adapter_whose_shapes_were_edited_is_named(finished_run: Path, tmp_path: Path, home: Path) -> None:
+    run = damaged_copy(finished_run, tmp_path, "shape edited")
+    result = run_cli("pipeline.generate", f"run={run}", "prompt=hi", home=home)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: run: {run}/adapter does not fit the base "), \
+        result.stderr
+
+
+def test_train_into_a_directory_with_a_damaged_summary(tmp_path: Path, home: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "runn')
+    result = run_cli("pipeline.train", "experiment=quickstart", "logger=none", f"hydra.run.dir={run}", home=home)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.startswith(f"error: hydra.run.dir: {run}/summary.json is damaged"), result.stderr
+    assert (run / "summary.json").read_text() == '{"status": "runn'  # left as it was
