@@ -463,3 +463,16 @@ def test_empty_cells_are_named(tmp_path: Path, home: Path) -> None:
     assert result.returncode == 2
     assert error_lines(result.stderr) == ["error: data.source: sample 1 has an empty 'output'. "
                                           "Fill it in or remove the sample."]
+
+
+def test_a_folder_is_read_as_the_data_it_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A README beside the data is documentation, not a text sample: the chat lines are read as messages."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "data.jsonl").write_text((DATA / "tiny_messages.jsonl").read_text())
+    (folder / "README.txt").write_text("What this data is.\n")
+    caplog.set_level("INFO")
+    run = to_runconfig(compose("experiment=quickstart", f"data.source={folder}", "data.format=auto"))
+    raw = data_lib.read(run.data)
+    assert raw.format == "messages" and len(raw.dataset) == 80
+    assert f"data: {folder}: 1 file read: data.jsonl (left out as documentation: README.txt)" in caplog.messages

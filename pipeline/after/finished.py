@@ -49,6 +49,9 @@ def open_finished_run(run: str | None, unquantized_base: str | None = None) -> F
     if not run:
         raise ConfigError("run", "no run directory given", "give run=<run dir>, e.g. run=outputs/<date>/<time>_<name>")
     path = Path(run).expanduser().resolve()
+    if path.is_file():
+        raise ConfigError("run", f"{run} is a file, not a run directory",
+                          "give the run's directory (the one holding summary.json and adapter/)")
     summary_file, config_file = path / "summary.json", path / "config.resolved.yaml"
     if not summary_file.is_file() or not config_file.is_file():
         raise ConfigError("run", f"{run} is not a run directory (no summary.json and config.resolved.yaml)",

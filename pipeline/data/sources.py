@@ -6,7 +6,9 @@ Malformed input is named precisely (file and line for JSONL) before `datasets` s
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import re
 from typing import Any
 
 from pipeline.config.validate import AXOLOTL_KEYS
@@ -17,6 +19,8 @@ LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": 
 # data.columns maps like columns (data.columns.train: <the data's key>)
 TURN_FLAGS = ("train", "loss_weight")
 CONVERSATION_COLUMNS = ("messages", "conversations")
+DOCUMENTATION = re.compile(r"^(readme|licen[cs]e|notice|changelog|citation|authors)\b", re.IGNORECASE)
+log = logging.getLogger(__name__)
 
 
 def quiet_progress_bars() -> None:
@@ -27,17 +31,33 @@ def quiet_progress_bars() -> None:
 
 
 def local_files(source: str, key: str = "data.source") -> list[str] | None:
-    """The data files a local path, directory or glob names; None when `source` is not local."""
+    """The data files a local path, directory or glob names; None when `source` is not local. A directory's
+    documentation (README, LICENSE, ...) is not data; files of several kinds are refused (each kind is read by its
+    own reader: a .txt beside .jsonl files would make every line plain text)."""
     if any(ch in source for ch in "*?["):
-        return sorted(glob.glob(source, recursive=True))
+        return one_kind(sorted(glob.glob(source, recursive=True)), source, key)
     if os.path.isdir(source):
-        return sorted(os.path.join(source, f) for f in os.listdir(source)
-                      if os.path.splitext(f)[1] in LOCAL_BUILDERS)
+        return one_kind(sorted(os.path.join(source, f) for f in os.listdir(source)
+                               if os.path.splitext(f)[1] in LOCAL_BUILDERS and not DOCUMENTATION.match(f)),
+                        source, key)
     if os.path.isfile(source):
         return [source]
     if source.startswith((".", "/", "~")) or os.path.splitext(source)[1] in LOCAL_BUILDERS:
         raise ConfigError(key, f"file not found: {source}", "check the path (relative to where you run)")
     return None
+
+
+def one_kind(files: list[str], source: str, key: str) -> list[str]:
+    """The files, if one reader reads them all; else one line naming a file of each kind."""
+    kinds: dict[str, str] = {}
+    for path in files:
+        kinds.setdefault(LOCAL_BUILDERS.get(os.path.splitext(path)[1], "unknown"), os.path.basename(path))
+    if len(kinds) > 1:
+        shown = ", ".join(f"{kind}: {example}" for kind, example in sorted(kinds.items()))
+        first = os.path.splitext(files[0])[1]
+        raise ConfigError(key, f"{source} holds data files of several kinds ({shown})",
+                          f"point {key} at one kind, e.g. '{os.path.join(source, '*' + first)}'")
+    return files
 
 
 def load_source(data: Any, source: Any = None, key: str = "data.source") -> Any:
@@ -122,6 +142,13 @@ def _load_one(source: str, data: Any, key: str) -> Any:
     if builder is None:
         raise ConfigError(key, f"cannot read {files[0]}",
                           f"use one of {', '.join(sorted(LOCAL_BUILDERS))}")
+    if len(files) > 1 or os.path.isdir(source) or any(ch in source for ch in "*?["):
+        names = [os.path.relpath(path, source) if os.path.isdir(source) else path for path in files]
+        documentation = sorted(f for f in os.listdir(source) if DOCUMENTATION.match(f)) if os.path.isdir(source) \
+            else []
+        log.info("data: %s: %d file%s read: %s%s", source, len(files), "s" if len(files) > 1 else "",
+                 ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else ""),
+                 f" (left out as documentation: {', '.join(documentation)})" if documentation else "")
     for path in files:
         if path.endswith(".jsonl"):
             check_jsonl(path, key)
