@@ -123,3 +123,35 @@ def test_evaluate_rebuilds_the_rows_the_run_recorded(finished_run: Path) -> None
     rebuilt = [{"input_ids": row["input_ids"], "labels": row["labels"]}
                for row in tokenized.select(range(len(recorded)))]
     assert rebuilt == recorded
+
+
+def test_a_damaged_cache_entry_is_prepared_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A cut Arrow file in the cache (a full disk, a crash elsewhere) is found by its size, removed, and the data is
+    prepared again: the run goes on with the rows it would have made."""
+    from pipeline.train.data import read_data, setup_data
+
+    run = quickstart()
+    first = setup_data(run, read_data(run))
+    folder = first.prepared.cache_dir
+    arrow = next((folder / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    again = setup_data(run, read_data(run))
+    assert not again.prepared.from_cache and "is damaged (its files differ from those written)" in caplog.text
+    assert again.prepared.train["input_ids"] == first.prepared.train["input_ids"]
+    assert setup_data(run, read_data(run)).prepared.from_cache  # stored whole again
+
+
+def test_a_file_replaced_with_the_same_size_and_time_is_prepared_again(tmp_path: Path) -> None:
+    """The key reads the first and last MiB of each source: same size, same mtime, other content is a miss."""
+    import os
+
+    source = tmp_path / "data.jsonl"
+    shutil.copy(REPO / "assets" / "data" / "tiny_messages.jsonl", source)
+    run = quickstart(f"data.source={source}")
+    before = cache.cache_key(run, 256)
+    stat = source.stat()
+    text = source.read_text()
+    source.write_text(text.replace("fox", "cat", 1))  # the same length
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source.stat().st_size == stat.st_size and source.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache.cache_key(run, 256) != before

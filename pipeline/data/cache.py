@@ -1,11 +1,13 @@
 """The prepared-data cache: tokenized train/eval sets keyed by all that decides them, written whole or not at all.
 
 Lives under ~/.cache/llm-finetune/prepared (or FT_DATA_CACHE). The key is computed from the raw inputs alone, before
-anything is read or imported: the data config, the source files (path, size, mtime), the tokenizer's own files (or a
-hub model's commit), the chat template asked for and the backend that applies it, the length limit, the seed, the
-method, the code that prepares the data (a hash of pipeline/data) and the versions of the libraries that tokenize.
+anything is read or imported: the data config, the source files (path, size, mtime and a hash of their first and
+last MiB), the tokenizer's own files (or a hub model's commit), the chat template asked for and the backend that
+applies it, the length limit, the seed, the method, the code that prepares the data (a hash of pipeline/data) and the
+versions of the libraries that tokenize.
 A cached run then maps the stored Arrow files without reading its sources again (`meta.json` holds what the run
-needs besides the rows).
+needs besides the rows); an entry whose files are not the ones written (`files.json`: their sizes) is removed and
+prepared again.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def tokenizer_fingerprint(run: Any) -> list | None:
 
 
 def _source_fingerprint(source: Any, key: str = "data.source") -> list:
-    """Local files by path, size and mtime (so an edit invalidates the cache); hub ids by name. A file that is not
-    there is named by `key` (the lookup comes before the data is read)."""
+    """Local files by path, size, mtime and a hash of their first and last MiB (so an edit invalidates the cache);
+    hub ids by name. A file that is not there is named by `key` (the lookup comes before the data is read)."""
     from pipeline.data.sources import local_files
 
     items = []
@@ -79,8 +81,24 @@ def _source_fingerprint(source: Any, key: str = "data.source") -> list:
         if s is None:
             continue
         files = local_files(str(s), key) or []
-        items.append([str(s), [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]])
+        items.append([str(s), [(f, os.path.getsize(f), os.path.getmtime(f), content_sample(f)) for f in files]])
     return items
+
+
+SAMPLED = 2**20  # bytes read from each end of a data file for its key
+
+
+def content_sample(path: str) -> str:
+    """A hash of a file's first and last MiB: a file replaced by another of the same size and mtime (a copy with
+    its times kept, `touch -r`) still changes the key, at the cost of reading 2 MiB, however large the file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLED))
+        size = f.seek(0, os.SEEK_END)
+        if size > SAMPLED:
+            f.seek(max(SAMPLED, size - SAMPLED))
+            h.update(f.read(SAMPLED))
+    return h.hexdigest()[:16]
 
 
 def cache_key(run: Any, max_length: int) -> str | None:
@@ -146,10 +164,41 @@ def cache_folder(run: Any, max_length: int) -> Path | None:
 
 
 def load_meta(folder: Path | None) -> dict | None:
-    """What a cached run needs besides the rows (format, tools, kind, a held-out conversation); None if not cached."""
+    """What a cached run needs besides the rows (format, tools, kind, a held-out conversation); None if not cached
+    (or if the entry is damaged: it is removed, and prepared again)."""
     if folder is None or not (folder / "meta.json").is_file() or not (folder / "stats.json").is_file():
         return None
+    if not intact(folder):
+        return None
     return json.loads((folder / "meta.json").read_text())
+
+
+FILES_RECORD = "files.json"  # every stored file's size, checked before an entry is used
+
+
+def stored_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != FILES_RECORD}
+
+
+def intact(folder: Path) -> bool:
+    """Whether a cache entry holds the files it was written with, at their sizes (a cut Arrow file, one deleted,
+    or an unreadable record is damage): a damaged entry is removed and said, and the data prepared again."""
+    import shutil
+
+    try:
+        recorded = json.loads((folder / FILES_RECORD).read_text())
+        json.loads((folder / "meta.json").read_text())
+        json.loads((folder / "stats.json").read_text())
+    except FileNotFoundError:
+        return not (folder / FILES_RECORD).exists() and (folder / "meta.json").exists()  # an entry from before
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if recorded == stored_files(folder):
+        return True
+    log.warning("data: the cached entry %s is damaged (its files differ from those written): prepared again", folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 def load_cached(folder: Path) -> Any:
@@ -158,7 +207,7 @@ def load_cached(folder: Path) -> Any:
 
     from pipeline.data.prepare import LengthStats, Prepared
 
-    if not (folder / "stats.json").is_file():
+    if not (folder / "stats.json").is_file() or not intact(folder):
         return None
     stats = {k: LengthStats(**v) for k, v in json.loads((folder / "stats.json").read_text()).items()}
     evaluation = load_from_disk(str(folder / "eval")) if (folder / "eval").is_dir() else None
@@ -177,6 +226,7 @@ def save_cached(folder: Path, prepared: Any, meta: dict) -> None:
             prepared.eval.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / FILES_RECORD).write_text(json.dumps(stored_files(tmp)))
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
