@@ -247,3 +247,21 @@ def test_a_folder_of_the_users_files_is_never_made_a_run(resume: list[str], tmp_
                                                                "not a run's (metrics.jsonl, notes.txt)")
     # every file as it was, and nothing of a run added
     assert {p.name: p.read_text() for p in mine.iterdir()} == files
+
+
+def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path: Path, home: Path) -> None:
+    import shutil
+
+    source = tmp_path / "data.jsonl"
+    shutil.copy(REPO / "assets" / "data" / "tiny_messages.jsonl", source)
+    run_dir = tmp_path / "run"
+    settings = [*LONG, "trainer.max_steps=12", f"data.source={source}", f"hydra.run.dir={run_dir}"]
+    proc = start(home, *settings)
+    wait_for_checkpoint(run_dir, 10, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    source.write_text(source.read_text().replace("fox", "cat"))  # the data changed since
+    result = run_cli("pipeline.train", *settings, "resume=auto", home=home)
+    assert result.returncode == 2 and result.stderr.startswith(
+        "error: resume: the data changed since this run started"), result.stderr[-3000:]
+    assert summary_of(run_dir)["status"] == "running"  # the run is left as it was, to be resumed on its data

@@ -85,6 +85,19 @@ def _source_fingerprint(source: Any, key: str = "data.source") -> list:
     return items
 
 
+def data_fingerprint(data: Any) -> str:
+    """What the data files hold (path, size and the hash of their ends; not their times), for a resumed run to tell
+    whether its data changed since it started. Hub ids count by name."""
+    sources = [entry["source"] for entry in data.sources.values()] if data.sources else [data.source]
+    items = []
+    for source in [*sources, data.eval_source]:
+        if source in (None, "", []):
+            continue
+        for name, files in _source_fingerprint(source):
+            items.append([name, [[path, size, sample] for path, size, _, sample in files]])
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:20]
+
+
 SAMPLED = 2**20  # bytes read from each end of a data file for its key
 
 

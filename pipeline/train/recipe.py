@@ -162,6 +162,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
         from omegaconf import OmegaConf
 
         resume_lib.check_same_training(OmegaConf.to_container(OmegaConf.load(saved)), to_plain_dict(run))
+    resume_lib.check_same_data(previous or {}, run.data)
     point = resume_lib.find_resume_point(run.resume, run_dir)
     if (previous or {}).get("status") == "completed":
         return run_dir, point  # nothing is written: the run is reported as it is
@@ -181,8 +182,10 @@ def nothing_left_to_train(run_dir: RunDirectory) -> RecipeResult:
 
 def running_summary(run: TrainConfig, run_dir: RunDirectory) -> dict:
     """What summary.json says from the start: the run is going on, in this process."""
+    from pipeline.data.cache import data_fingerprint
+
     summary = {"status": "running", "pid": os.getpid(), "model": run.model.name, "backend": run.backend,
-               "method": run.method.name, "run_dir": str(run_dir.path)}
+               "method": run.method.name, "run_dir": str(run_dir.path), "data_fingerprint": data_fingerprint(run.data)}
     run_dir.write_summary(summary)
     return summary
 

@@ -76,3 +76,14 @@ def check_same_training(saved: dict, current: dict) -> None:
         raise ConfigError("resume", f"the config differs from the run's in {details}",
                           "resume with the run's values (only max_steps, save/eval/logging cadence, the logger "
                           "and eval.* may change), or start a new run")
+
+
+def check_same_data(previous: dict, data: Any) -> None:
+    """A run continues on the data it started with: files whose content changed since (another size, other bytes
+    at their ends) are refused like a changed setting."""
+    from pipeline.data.cache import data_fingerprint
+
+    started = previous.get("data_fingerprint")
+    if started is not None and started != data_fingerprint(data):
+        raise ConfigError("resume", "the data changed since this run started (its files are not the ones it trained "
+                          "on)", "resume with the data it started with, or start a new run on the new data")
