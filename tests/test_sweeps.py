@@ -16,10 +16,19 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+# the README's way to change one parameter's space (a dotted parameter name goes in a mapping: Hydra would read
+# `hydra.sweeper.params.lora.r=...` as the nested key lora -> r, and choice(...) as a sweep of Hydra's own config)
+NARROWER = 'hydra.sweeper.params={lora.r:"choice(8,16)"}'
+
+
 def test_optuna_search_of_three_trials_names_its_best(tmp_path: Path, home: Path) -> None:
+    from conftest import REPO
+
+    assert f"`'{NARROWER}'`" in (REPO / "README.md").read_text()  # the line the README gives, tested as it is
     sweep = tmp_path / "search"
     result = run_cli("pipeline.train", "hparams_search=lora_optuna", "experiment=quickstart", "logger=none",
-                     "hydra.sweeper.n_trials=3", "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", home=home)
+                     "hydra.sweeper.n_trials=3", "trainer.max_steps=2", NARROWER, f"hydra.sweep.dir={sweep}",
+                     home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit())
     summaries = [summary_of(d) for d in jobs]
@@ -35,6 +44,8 @@ def test_optuna_search_of_three_trials_names_its_best(tmp_path: Path, home: Path
     assert reported.group(3) in (sweep / "sweep_summary.md").read_text()
     config = (jobs[best] / "config.resolved.yaml").read_text()
     assert f"r: {results['best_params']['lora.r']}\n" in config
+    ranks = {yaml.safe_load((job / "config.resolved.yaml").read_text())["lora"]["r"] for job in jobs}
+    assert ranks <= {8, 16}  # the narrowed space
 
 
 def test_two_jobs_through_submitits_local_executor_both_complete(tmp_path: Path, home: Path) -> None:
