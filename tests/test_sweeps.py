@@ -100,3 +100,14 @@ def test_jobs_side_by_side_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     share_cores(2)
     assert os.environ["OMP_NUM_THREADS"] == "3"  # the user's choice stays
+
+
+def test_a_job_with_a_damaged_summary_is_named_in_the_table(tmp_path: Path) -> None:
+    from pipeline.outputs import sweep
+
+    job = tmp_path / "0"
+    job.mkdir()
+    (job / "summary.json").write_text('{"status": "compl')
+    row = sweep.row_of(job, None)
+    assert row["status"] == "damaged" and row["error"] == f"{job}/summary.json is damaged (not a JSON object of a " \
+        "run's summary)"

@@ -121,10 +121,16 @@ def row_of(job_dir: Path, record: dict | None) -> dict:
 
 
 def read_json(path: Path) -> dict:
+    """A job's summary; {} when it has none; a damaged one is a row that says so, naming the file."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
         return {}
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        value = None
+    if not isinstance(value, dict):
+        return {"status": "damaged", "error": f"{path} is damaged (not a JSON object of a run's summary)"}
+    return value
 
 
 def read_yaml(path: Path) -> Any:
