@@ -96,6 +96,8 @@ def init(mode: str, **kwargs: Any) -> Any:
     import wandb
 
     if mode != "online":
+        if mode == "offline":
+            quiet_offline_warnings()
         return wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
     try:
         # a key with no network: offline within 10 s (W&B waits 30 s by default; its WANDB_INIT_TIMEOUT still rules),
@@ -105,7 +107,16 @@ def init(mode: str, **kwargs: Any) -> Any:
     except Exception as error:  # noqa: BLE001 - no network, bad key, server down: keep going, log offline
         log.warning("W&B: could not go online (%s); logging offline to the run directory instead "
                     "(upload later with `wandb sync`)", str(error).splitlines()[0] if str(error) else error)
+        quiet_offline_warnings()
         return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+
+
+def quiet_offline_warnings() -> None:
+    """Offline, W&B warns "URL not available in offline run" each time TRL writes a model card (every checkpoint):
+    its warnings go to its debug log in the run directory, not the terminal (W&B's process-wide setting)."""
+    import wandb
+
+    wandb.setup(settings=wandb.Settings(show_warnings=False))
 
 
 def eval_figures(result: dict) -> dict:
