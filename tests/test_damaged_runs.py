@@ -76,3 +76,12 @@ def test_train_into_a_directory_with_a_damaged_summary(tmp_path: Path, home: Pat
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.startswith(f"error: hydra.run.dir: {run}/summary.json is damaged"), result.stderr
     assert (run / "summary.json").read_text() == '{"status": "runn'  # left as it was
+
+
+def test_a_binary_prompts_file_is_named(finished_run: Path, tmp_path: Path, home: Path) -> None:
+    prompts = tmp_path / "prompts.bin"
+    prompts.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    result = run_cli("pipeline.generate", f"run={finished_run}", f"prompts_file={prompts}", home=home)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [f"error: prompts_file: {prompts} is not UTF-8 text (invalid start "
+                                                  "byte at byte 0). Give a text file with one prompt per line."]

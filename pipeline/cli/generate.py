@@ -26,7 +26,12 @@ def prompts_of(after: Any) -> list[str] | None:
     path = Path(after.prompts_file)
     if not path.is_file():
         raise ConfigError("prompts_file", f"file not found: {path}", "give a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError("prompts_file", f"{path} is not UTF-8 text ({error.reason} at byte {error.start})",
+                          "give a text file with one prompt per line") from error
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ConfigError("prompts_file", f"{path} holds no prompt", "write one prompt per line")
     return prompts
