@@ -85,3 +85,49 @@ def test_a_binary_prompts_file_is_named(finished_run: Path, tmp_path: Path, home
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [f"error: prompts_file: {prompts} is not UTF-8 text (invalid start "
                                                   "byte at byte 0). Give a text file with one prompt per line."]
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_keeps_nothing(finished_run: Path, tmp_path: Path,
+                                                                     home: Path) -> None:
+    """The run on a small filesystem of its own: room for the run, not for the merged model."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import REPO, offline_env
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs `unshare -m` (root) to mount a small filesystem")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    copy = [f"--exclude={name}" for name in ("checkpoints", "wandb", "export")]
+    script = (f"mount -t tmpfs -o size=400k tmpfs {disk} && tar -C {finished_run} -cf - {' '.join(copy)} . | "
+              f"(mkdir {disk}/run && tar -C {disk}/run -xf -) && {shlex.join([sys.executable, '-m', 'pipeline.export'])}"
+              f" run={disk}/run; rc=$?; ls -A {disk}/run > {tmp_path}/left.txt; exit $rc")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, env=offline_env(home),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: export: cannot write to {disk}/run: "), \
+        result.stderr[-3000:]
+    assert "export" not in (tmp_path / "left.txt").read_text().split()  # no half-written export left
+
+
+def test_ctrl_c_during_an_export_is_one_line_and_keeps_nothing(finished_run: Path, tmp_path: Path,
+                                                               home: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, offline_env
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("export"))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.export", f"run={run}"], cwd=REPO, env=offline_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # loading the libraries and the base
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: stopped at once; nothing half-written was kept")
+    assert not (run / "export").exists() or not any((run / "export").iterdir())

@@ -45,6 +45,17 @@ def export(run: FinishedRun, settings: Any) -> dict:
         write_atomically(staging / "export.json", json.dumps(figures, indent=2) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
+    except Exception as error:
+        from pipeline.errors import RunFailed
+        from pipeline.outputs.rundir import RunDirectory
+
+        shutil.rmtree(staging, ignore_errors=True)  # its space first: a full disk is the likely cause
+        # a full or read-only disk is one line (safetensors' own errors hide the errno: the free space tells)
+        fault = RunDirectory(run.path).write_fault(error)
+        if fault is None:
+            raise
+        raise RunFailed("export", fault.problem, "free space, or export a run on a disk with room for the model "
+                        "(nothing of this export was kept)") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if target.parent.is_dir() and not any(target.parent.iterdir()):

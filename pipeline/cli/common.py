@@ -140,8 +140,9 @@ def refuse_unknown_hydra_flag_values(argv: list[str]) -> None:
                 sys.exit(EXIT_USAGE)
 
 
-def entry(main: Callable[[], Any]) -> Callable[[], None]:
-    """A console-script entry point around a Hydra main: Hydra's own errors become one line too."""
+def entry(main: Callable[[], Any], interrupts: bool = True) -> Callable[[], None]:
+    """A console-script entry point around a Hydra main: Hydra's own errors become one line too, and (`interrupts`)
+    Ctrl-C one line with exit code 130 (`train` tells its own: it may have saved a checkpoint)."""
 
     def cli() -> None:
         # the last thing at exit, after every atexit handler (logging, W&B): keep Python's final garbage collection
@@ -154,6 +155,12 @@ def entry(main: Callable[[], Any]) -> Callable[[], None]:
         except BrokenPipeError:  # `--help | head`: the reader went away; nothing is left to say, and no traceback
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout once more at exit
             sys.exit(0)
+        except KeyboardInterrupt:
+            if not interrupts:
+                raise
+            sys.stderr.write("interrupted: stopped at once; nothing half-written was kept (an export's staging "
+                             "folder is removed)\n")
+            sys.exit(130)
 
     return cli
 

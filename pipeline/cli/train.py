@@ -70,7 +70,7 @@ def cli() -> None:
     stop.install()  # during training the trainer's graceful stop takes over
     refuse_a_folder_of_user_files(sys.argv[1:])
     try:
-        entry(main)()
+        entry(main, interrupts=False)()
     except KeyboardInterrupt as interrupt:
         # RunInterrupted: a graceful stop that saved a checkpoint; a plain one: a second signal, or set-up
         sys.stderr.write(f"{interrupt}\n" if hasattr(interrupt, "exit_code") else
