@@ -101,9 +101,10 @@ def test_an_export_onto_a_full_disk_is_one_line_and_keeps_nothing(finished_run: 
     disk = tmp_path / "disk"
     disk.mkdir()
     copy = [f"--exclude={name}" for name in ("checkpoints", "wandb", "export")]
+    export = shlex.join([sys.executable, "-m", "pipeline.export", f"run={disk}/run"])
     script = (f"mount -t tmpfs -o size=400k tmpfs {disk} && tar -C {finished_run} -cf - {' '.join(copy)} . | "
-              f"(mkdir {disk}/run && tar -C {disk}/run -xf -) && {shlex.join([sys.executable, '-m', 'pipeline.export'])}"
-              f" run={disk}/run; rc=$?; ls -A {disk}/run > {tmp_path}/left.txt; exit $rc")
+              f"(mkdir {disk}/run && tar -C {disk}/run -xf -) && {export}; rc=$?; "
+              f"ls -A {disk}/run > {tmp_path}/left.txt; exit $rc")
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, env=offline_env(home),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
