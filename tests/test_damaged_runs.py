@@ -132,3 +132,16 @@ def test_ctrl_c_during_an_export_is_one_line_and_keeps_nothing(finished_run: Pat
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("interrupted: stopped at once; nothing half-written was kept")
     assert not (run / "export").exists() or not any((run / "export").iterdir())
+
+
+def test_a_run_whose_base_model_is_gone_is_named(finished_run: Path, tmp_path: Path, home: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("export", "checkpoints", "wandb"))
+    config = run / "config.resolved.yaml"
+    text = config.read_text()
+    model_name = next(line for line in text.splitlines() if line.startswith("  name: "))
+    config.write_text(text.replace(model_name, "  name: /no/such/model", 1))
+    result = run_cli("pipeline.export", f"run={run}", home=home)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip() == (f"error: run: the run's base model /no/such/model is not there (model.name in "
+                                     f"{config}). Put the base model back there, or correct model.name in that file.")

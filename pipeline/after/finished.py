@@ -61,7 +61,12 @@ def open_finished_run(run: str | None, unquantized_base: str | None = None) -> F
         raise ConfigError("run", f"{run} holds no completed run (status: {summary.get('status')}) and no final "
                           "adapter", "finish it first (resume=auto), or give a completed run")
     check_adapter_files(path / "adapter")
-    return FinishedRun(path, _train_config(config_file), summary, unquantized_base)
+    config = _train_config(config_file)
+    name = str(config.model.name)
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise ConfigError("run", f"the run's base model {name} is not there (model.name in {config_file})",
+                          "put the base model back there, or correct model.name in that file")
+    return FinishedRun(path, config, summary, unquantized_base)
 
 
 DAMAGED_FIX = "restore it from a copy, or train the run again"
