@@ -265,3 +265,21 @@ def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path: Path, home: Pa
     assert result.returncode == 2 and result.stderr.startswith(
         "error: resume: the data changed since this run started"), result.stderr[-3000:]
     assert summary_of(run_dir)["status"] == "running"  # the run is left as it was, to be resumed on its data
+
+
+def test_a_job_slurm_requeues_by_itself_continues_its_run(tmp_path: Path, home: Path) -> None:
+    """SLURM_RESTART_COUNT > 0 (a requeue by SLURM, not through submitit): the same command continues the run."""
+    run_dir = tmp_path / "run"
+    settings = [*LONG, "trainer.max_steps=12", f"hydra.run.dir={run_dir}"]
+    proc = start(home, *settings)
+    wait_for_checkpoint(run_dir, 10, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    again = run_cli("pipeline.train", *settings, home=home)  # the same command, not requeued: refused
+    assert again.returncode == 2 and "already holds a running run" in again.stderr, again.stderr[-2000:]
+    requeued = run_cli("pipeline.train", *settings, home=home, SLURM_RESTART_COUNT="1")
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "SLURM started this job again (SLURM_RESTART_COUNT=1): continuing its run as resume=auto" in \
+        requeued.stdout + requeued.stderr
+    summary = summary_of(run_dir)
+    assert summary["status"] == "completed" and int(summary["resumed_from"].rsplit("-", 1)[-1]) == 10

@@ -143,14 +143,15 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
 
 def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirectory, Any]:
     """Lock the run directory; a directory that holds a run is only continued with `resume`, never overwritten."""
-    path = resume_lib.run_directory_of(run.resume, context.run_dir) if run.resume else context.run_dir
+    resume = run.resume or resume_lib.requeued_by_slurm(context.run_dir)
+    path = resume_lib.run_directory_of(resume, context.run_dir) if resume else context.run_dir
     run_dir = RunDirectory(path, writes=context.main_process)
     if not run_dir.writes:  # rank 0 checks and writes; the others only need the same resume point
-        return run_dir, resume_lib.find_resume_point(run.resume, run_dir) if run.resume else None
+        return run_dir, resume_lib.find_resume_point(resume, run_dir) if resume else None
     run_dir.refuse_foreign_files()  # a folder of the user's own files is never made a run (before the lock file)
     run_dir.lock()
     previous = run_dir.read_summary()
-    if run.resume is None:
+    if resume is None:
         if previous is not None:
             raise ConfigError("hydra.run.dir", f"{path} already holds a {previous.get('status', 'earlier')} run",
                               "continue it with resume=auto, or give this run another hydra.run.dir or name")
@@ -163,7 +164,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
 
         resume_lib.check_same_training(OmegaConf.to_container(OmegaConf.load(saved)), to_plain_dict(run))
     resume_lib.check_same_data(previous or {}, run.data)
-    point = resume_lib.find_resume_point(run.resume, run_dir)
+    point = resume_lib.find_resume_point(resume, run_dir)
     if (previous or {}).get("status") == "completed":
         return run_dir, point  # nothing is written: the run is reported as it is
     write_hydra_files(path, context.hydra_files)

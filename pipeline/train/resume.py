@@ -87,3 +87,18 @@ def check_same_data(previous: dict, data: Any) -> None:
     if started is not None and started != data_fingerprint(data):
         raise ConfigError("resume", "the data changed since this run started (its files are not the ones it trained "
                           "on)", "resume with the data it started with, or start a new run on the new data")
+
+
+def requeued_by_slurm(run_dir: Path) -> str | None:
+    """`auto` when SLURM started this job again by itself (`SLURM_RESTART_COUNT` > 0: a node failure or a
+    preemption with --requeue, not through submitit) and its run directory holds the run: it continues, as
+    `resume=auto` would."""
+    import logging
+    import os
+
+    count = os.environ.get("SLURM_RESTART_COUNT", "")
+    if not count.isdigit() or int(count) == 0 or not (run_dir / "summary.json").is_file():
+        return None
+    logging.getLogger(__name__).info("resume: SLURM started this job again (SLURM_RESTART_COUNT=%s): continuing "
+                                     "its run as resume=auto", count)
+    return "auto"
