@@ -283,3 +283,31 @@ def test_a_job_slurm_requeues_by_itself_continues_its_run(tmp_path: Path, home: 
         requeued.stdout + requeued.stderr
     summary = summary_of(run_dir)
     assert summary["status"] == "completed" and int(summary["resumed_from"].rsplit("-", 1)[-1]) == 10
+
+
+# a scheduler's USR2 handler, as submitit installs it on SLURM: it requeues the job (here: writes a mark) and exits
+SCHEDULER = ("import os, runpy, signal, sys\n"
+             "def requeue(signum, frame):\n"
+             "    open(os.environ['REQUEUED'], 'w').write('requeued')\n"
+             "    sys.exit(3)\n"
+             "signal.signal(signal.SIGUSR2, requeue)\n"
+             "sys.argv = ['train', *sys.argv[1:]]\n"
+             "runpy.run_module('pipeline.train', run_name='__main__')\n")
+
+
+def test_slurm_preemption_saves_a_checkpoint_before_the_scheduler_requeues(tmp_path: Path, home: Path) -> None:
+    """USR2 under a scheduler's handler: our graceful stop first (finish the step, checkpoint, summary), then the
+    scheduler's own handler (submitit's requeue), which exits; without the chain it would exit at once."""
+    run_dir, mark = tmp_path / "run", tmp_path / "requeued"
+    overrides = quickstart_eval_off((*LONG, f"hydra.run.dir={run_dir}"))
+    proc = subprocess.Popen([sys.executable, "-c", SCHEDULER, *overrides], cwd=REPO,
+                            env={**offline_env(home), "REQUEUED": str(mark)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(run_dir, 10, proc)
+    proc.send_signal(signal.SIGUSR2)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and mark.read_text() == "requeued", stderr[-3000:]  # the scheduler's handler ran
+    assert "SIGUSR2: finishing this step, saving a checkpoint, then stopping" in stdout + stderr
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and 10 <= summary["global_step"] < STEPS
+    assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")

@@ -22,9 +22,16 @@ def train(run: Any, context: RunContext) -> float | None:
         from pipeline.train.trainer import unused_libraries
 
         hide_from_imports(unused_libraries(run, single_job=True))
-    from pipeline.train.recipe import run_recipe
+    from pipeline.train.recipe import RunInterrupted, run_recipe
 
-    summary = run_recipe(run, context).summary
+    try:
+        summary = run_recipe(run, context).summary
+    except RunInterrupted as interrupted:
+        if interrupted.then is not None:  # SLURM preemption under submitit: saved and reported, now its requeue
+            import signal
+
+            interrupted.then(signal.SIGUSR2, None)
+        raise
     if run.resume not in (None, "auto"):
         remove_if_only_hydra_files(context.run_dir)  # the run went on in the directory `resume` named
     return objective(run, context, summary)

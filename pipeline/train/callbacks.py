@@ -148,19 +148,26 @@ def all_ranks_sum(values: list[int]) -> list[int]:
 
 class GracefulStop(TrainerCallback):
     """SIGINT / SIGTERM finish the current step, save a complete checkpoint and stop training; a second one
-    stops at once (KeyboardInterrupt)."""
+    stops at once (KeyboardInterrupt). SIGUSR2, when a scheduler's handler waits for it (submitit's on SLURM
+    preemption or time limit: requeue, then exit at once), does the same first; the scheduler's handler is `chained`,
+    to be called once the run is saved and reported."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.chained: Any = None
         self._previous: dict[int, Any] = {}
 
     @property
     def exit_code(self) -> int | None:
-        return EXIT_CODES.get(self.signal) if self.signal is not None else None
+        return EXIT_CODES.get(self.signal, 128 + self.signal) if self.signal is not None else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._previous = {s: signal.signal(s, self._request_stop) for s in EXIT_CODES}
+            scheduler = signal.getsignal(signal.SIGUSR2)
+            if callable(scheduler):  # a Python handler someone installed: ours first, then theirs
+                self._previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._request_stop)
+                self.chained = scheduler
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self.signal is not None:

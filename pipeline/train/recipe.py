@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +45,13 @@ log = logging.getLogger(__name__)
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal after saving a checkpoint; the run can be resumed."""
+    """Training stopped on a signal after saving a checkpoint; the run can be resumed. `then`: a scheduler's own
+    handler of that signal (submitit's requeue), called once the run is saved and reported."""
 
-    def __init__(self, exit_code: int, run_dir: Any):
+    def __init__(self, exit_code: int, run_dir: Any, then: Any = None):
         super().__init__(f"interrupted: training stopped after a checkpoint; continue it with resume=auto "
                          f"hydra.run.dir={run_dir}")
-        self.exit_code = exit_code
+        self.exit_code, self.then = exit_code, then
 
 
 @dataclass
@@ -108,7 +110,8 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         check_finite(run, trainer, callbacks.guard)
         if callbacks.graceful.exit_code is not None:
             summary["status"] = "interrupted"
-            raise RunInterrupted(callbacks.graceful.exit_code, run_dir.path)
+            chained = callbacks.graceful.chained if callbacks.graceful.signal == signal.SIGUSR2 else None
+            raise RunInterrupted(callbacks.graceful.exit_code, run_dir.path, chained)
         evaluate_at_end(trainer, data, callbacks.metrics, summary)
         save(run_dir, trainer, data)
         evaluate_before_after(run, run_dir, summary, wandb_run)
