@@ -22,6 +22,10 @@ class ConfigError(Exception):
         self.key, self.problem, self.fix = key, problem.rstrip("."), fix.rstrip(".")
         super().__init__(self.line())
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its parts (a sweep's job under submitit sends it back to the sweep's process)."""
+        return type(self), (self.key, self.problem, self.fix)
+
     def line(self) -> str:
         fix = self.fix[:1].upper() + self.fix[1:] if self.fix else ""
         if fix and fix[-1] not in ".?!":

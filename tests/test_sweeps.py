@@ -111,3 +111,14 @@ def test_a_job_with_a_damaged_summary_is_named_in_the_table(tmp_path: Path) -> N
     row = sweep.row_of(job, None)
     assert row["status"] == "damaged" and row["error"] == f"{job}/summary.json is damaged (not a JSON object of a " \
         "run's summary)"
+
+
+def test_failed_jobs_under_submitit_are_listed_by_the_sweep(tmp_path: Path, home: Path) -> None:
+    """A job that fails in its own process (submitit): the sweep still ends with one line for it, no traceback."""
+    result = run_cli("pipeline.train", "-m", "hydra/launcher=slurm_local", "experiment=quickstart", "logger=none",
+                     "trainer.max_steps=2", "lora.r=0,4", home=home, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2] == "1 job(s) failed:" and lines[-1].startswith("  job 0 (") and \
+        "): error: lora.r: 0 is out of range: must be at least 1" in lines[-1], lines[-4:]
+    assert "| 1 | " in result.stdout and "completed" in result.stdout  # the other job ran to its end

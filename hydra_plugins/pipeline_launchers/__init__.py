@@ -29,6 +29,14 @@ def with_resume_auto(overrides: list[str]) -> list[str]:
 if LocalLauncher is not None:
 
     class _ResumeOnRequeue:
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+            """The jobs, and one line for each that failed (their callbacks ran in their own processes)."""
+            from pipeline.cli.common import note_failed_jobs
+
+            returns = super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
+            note_failed_jobs(returns, initial_job_idx)
+            return returns
+
         def checkpoint(self, overrides: Any, *args: Any, **kwargs: Any) -> Any:
             """submitit's hook on preemption/timeout: the same job again, continuing its own checkpoints."""
             import submitit

@@ -173,10 +173,25 @@ class JobFailures(Callback):
 
         if job_return.status != JobStatus.FAILED or not _in_multirun():
             return
-        from pipeline.compat import hydra_job_error, quiet_failed_job
+        note_failed_job(config.hydra.job.num, job_return)
 
-        ex = hydra_job_error(job_return)
-        quiet_failed_job(job_return)
-        error = to_config_error(ex)
-        line = error.line() if error is not None else f"error: {first_line(ex)}"
-        FAILED_JOBS.append(f"  job {config.hydra.job.num} ({' '.join(job_return.overrides)}): {line}")
+
+def note_failed_job(number: int, job_return: Any) -> None:
+    """One line for a failed job of the sweep, listed with the others at the end (where Hydra would print the
+    first one's traceback)."""
+    from pipeline.compat import hydra_job_error, quiet_failed_job
+
+    ex = hydra_job_error(job_return)
+    quiet_failed_job(job_return)
+    error = to_config_error(ex)
+    line = error.line() if error is not None else f"error: {first_line(ex)}"
+    FAILED_JOBS.append(f"  job {number} ({' '.join(job_return.overrides)}): {line}")
+
+
+def note_failed_jobs(returns: Any, first_number: int) -> None:
+    """The failed jobs a launcher got back from other processes (submitit), whose own callbacks ran there."""
+    from hydra.core.utils import JobStatus
+
+    for offset, job_return in enumerate(returns):
+        if job_return.status == JobStatus.FAILED:
+            note_failed_job(first_number + offset, job_return)
