@@ -43,7 +43,10 @@ def test_gpt2_disambiguates_c_proj_by_parent() -> None:
 
 
 def test_literal_names_pass_through() -> None:
-    assert targets.resolve(["q_proj", "lm_head"], "llama").target_modules == ["q_proj", "lm_head"]
+    assert targets.resolve(["q_proj", "model.layers.0.mlp.up_proj"], "llama").target_modules == [
+        "q_proj", "model.layers.0.mlp.up_proj"]
+    with pytest.raises(ConfigError, match="'lm_head' is the output layer"):  # LoRA on it: refused (see targets)
+        targets.resolve(["q_proj", "lm_head"], "llama")
 
 
 def test_roles_for_an_unknown_architecture_are_refused() -> None:

@@ -188,8 +188,12 @@ def running_summary(run: TrainConfig, run_dir: RunDirectory) -> dict:
     """What summary.json says from the start: the run is going on, in this process."""
     from pipeline.data.cache import data_fingerprint
 
+    try:
+        fingerprint = data_fingerprint(run.data)
+    except ConfigError:  # a data file that is not there: said by the data stage, which cleans up after itself
+        fingerprint = None
     summary = {"status": "running", "pid": os.getpid(), "model": run.model.name, "backend": run.backend,
-               "method": run.method.name, "run_dir": str(run_dir.path), "data_fingerprint": data_fingerprint(run.data)}
+               "method": run.method.name, "run_dir": str(run_dir.path), "data_fingerprint": fingerprint}
     run_dir.write_summary(summary)
     return summary
 

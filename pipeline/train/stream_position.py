@@ -3,7 +3,8 @@
 The trainer's data loader reads ahead of the step being trained (accelerate keeps the next batch), so the stream's
 live position is not the checkpoint's. The collator, called once for each batch as it is read, notes the position
 after that batch; at a checkpoint of step N (counted from where this process began) the position after batch
-N x gradient_accumulation_steps is the one saved, as `stream_position.json` beside the adapter.
+N x gradient_accumulation_steps is the one saved, as `stream_position.json` beside the adapter, written before the
+trainer writes the checkpoint's own files (so a complete checkpoint always holds it).
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ class SavePosition(TrainerCallback):
         """The position after the batches of the steps trained so far."""
         return self.reader.position_after((state.global_step - self.first_step) * args.gradient_accumulation_steps)
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Written before the trainer saves the checkpoint (the flow and stop callbacks before this one have decided
+        it): a checkpoint the trainer completed always holds its position."""
+        if control.should_save and state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
             write_atomically(folder / POSITION_FILE, json.dumps(self.trained(args, state)) + "\n")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
