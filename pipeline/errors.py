@@ -146,8 +146,11 @@ def first_line(ex: BaseException) -> str:
 
 
 def report_and_exit(error: ConfigError) -> None:
-    sys.stderr.write(error.line() + "\n")
-    sys.stderr.flush()
+    """The one line (from the first process of a torchrun / accelerate launch only: every rank finds the same
+    mistake), and the exit code."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        sys.stderr.write(error.line() + "\n")
+        sys.stderr.flush()
     sys.exit(getattr(error, "exit_code", EXIT_USAGE))
 
 

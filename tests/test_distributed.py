@@ -58,3 +58,15 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path)
     assert two.stdout.count("status      : completed") == 1  # rank 0 alone prints the header and summary
     assert [p.name for p in (tmp_path / "data-cache").iterdir()] != [] and \
         not list((tmp_path / "data-cache").glob("*.tmp"))
+
+
+def test_a_mistake_under_torchrun_is_said_once(tmp_path: Path) -> None:
+    """Every rank finds the same mistake; only the first says it (torchrun adds its own failure report, exit 1)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "pipeline.train", *COMMON, "lora.r=0", f"hydra.run.dir={tmp_path}/run"], cwd=REPO,
+                            env=offline_env(home), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert ours == ["error: lora.r: 0 is out of range: must be at least 1. Use e.g. lora.r=16 (typical: 8 to 64)."]
