@@ -409,6 +409,8 @@ CASES = [
     train("disk full during training", line="error: hydra.run.dir: cannot write to {run}: no space left on device",
           exit=1, setup="tmpfs:800k", status="failed",
           leaves=("summary.json", "config.resolved.yaml", "checkpoints", "metrics.jsonl")),
+    train("a disk too small to start on", line="error: hydra.run.dir: cannot write to {run}: No space left on device",
+          exit=1, setup="tmpfs:16k"),
     # --- settings this machine cannot run: replaced, said, recorded ------------------------------------------------
     train("fp16 and an 8-bit optimizer on CPU", "model.dtype=float16", "trainer.optim=adamw_8bit",
           "trainer.max_steps=4", exit=0, lines=-1, status="completed", line="note: model.dtype=float16",

@@ -115,6 +115,21 @@ class RunDirectory:
                          f"({free // 1024} KiB free)", "free space or point hydra.run.dir at another disk; "
                          "resume=auto continues from the last complete checkpoint")
 
+    def write_start(self, hydra_files: tuple[tuple[str, str], ...], config: dict) -> None:
+        """Hydra's record and the resolved config; on a disk that refuses them, nothing of the run is left and the
+        failure is one line (a full disk, a read-only one)."""
+        try:
+            write_hydra_files(self.path, hydra_files)
+            write_resolved_config(self.path, config)
+        except OSError as error:
+            fault = self.write_fault(error)
+            if fault is None:
+                raise
+            shutil.rmtree(self.path / ".hydra", ignore_errors=True)
+            for written in (self.path / "config.resolved.yaml", self.path / ".lock", *self.path.glob("*.tmp")):
+                written.unlink(missing_ok=True)
+            raise fault from error
+
     def remove_partial_writes(self) -> None:
         """What a failed write left half done (an incomplete checkpoint, temporary files): never a result, and on a
         full disk its space is what the summary needs."""

@@ -33,7 +33,7 @@ from pipeline.model.loading import (
 from pipeline.model.skeleton import skeleton_layout
 from pipeline.model.untrained import UntrainedTokens
 from pipeline.outputs import report, tracking
-from pipeline.outputs.rundir import RunDirectory, write_hydra_files, write_resolved_config
+from pipeline.outputs.rundir import RunDirectory
 from pipeline.train import resume as resume_lib
 from pipeline.train import stop
 from pipeline.train.data import Data, read_data, setup_data
@@ -158,8 +158,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
         if previous is not None:
             raise ConfigError("hydra.run.dir", f"{path} already holds a {previous.get('status', 'earlier')} run",
                               "continue it with resume=auto, or give this run another hydra.run.dir or name")
-        write_hydra_files(path, context.hydra_files)
-        write_resolved_config(path, to_plain_dict(run))
+        run_dir.write_start(context.hydra_files, to_plain_dict(run))
         return run_dir, None
     saved = path / "config.resolved.yaml"
     if saved.is_file():
@@ -170,8 +169,7 @@ def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirect
     point = resume_lib.find_resume_point(resume, run_dir)
     if (previous or {}).get("status") == "completed":
         return run_dir, point  # nothing is written: the run is reported as it is
-    write_hydra_files(path, context.hydra_files)
-    write_resolved_config(path, to_plain_dict(run))
+    run_dir.write_start(context.hydra_files, to_plain_dict(run))
     log.info("resume: %s", f"from {point.checkpoint} (step {point.step})" if point.checkpoint else
              f"no complete checkpoint in {run_dir.checkpoints}: starting at step 0")
     return run_dir, point
