@@ -95,9 +95,9 @@ def test_a_source_whose_data_is_wrong_is_named(tmp_path: Path, monkeypatch: pyte
 @pytest.mark.e2e
 def test_the_mix_experiment_trains_and_records_each_source(tmp_path: Path, home: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli("pipeline.train", "experiment=quickstart_mix", "logger=none", "trainer.max_steps=4",
-                     "eval.before_after=false", "data.sources.tools.weight=0.4", f"hydra.run.dir={run_dir}",
-                     home=home)
+    result = run_cli("pipeline.train", "experiment=quickstart_mix", "logger=wandb", "logger.mode=offline",
+                     "trainer.max_steps=4", "eval.before_after=false", "data.sources.tools.weight=0.4",
+                     f"hydra.run.dir={run_dir}", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     sources = summary["data_sources"]
@@ -105,3 +105,10 @@ def test_the_mix_experiment_trains_and_records_each_source(tmp_path: Path, home:
     assert sum(s["in_mix"] for s in sources.values()) == summary["train_samples"]
     assert [s["format"] for s in sources.values()] == ["messages", "alpaca", "messages"]
     assert "sources          : chat: " in result.stdout + result.stderr
+    # and in W&B's summary, source by source
+    from pipeline.outputs.tracking import data_figures
+
+    figures = data_figures(summary)
+    assert figures["data/tools/in_mix"] == sources["tools"]["in_mix"] and "data/chat/trained_tokens" in figures
+    [offline] = (run_dir / "wandb").glob("offline-run-*")
+    assert b"data/tools/in_mix" in next(offline.glob("*.wandb")).read_bytes()

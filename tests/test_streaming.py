@@ -46,6 +46,9 @@ def test_a_stream_trains_and_says_how_far_it_read(corpus: Path, tmp_path: Path, 
     # 24 steps of 8 samples: 192 samples trained, from the 4 chunks of 50 rows read (the reader runs ahead)
     assert stream["samples"] == STEPS * BATCH * ACCUMULATION and (stream["chunks"], stream["rows_read"]) == (4, 200)
     assert summary["data_stats"]["train"]["samples"] == 50 and stream["stats_from"] == "the first chunk"
+    from pipeline.outputs.tracking import data_figures
+
+    assert data_figures(summary)["data/stream/samples"] == STEPS * BATCH * ACCUMULATION  # W&B's summary keys
     assert "read as a stream in chunks of 50 rows" in result.stderr + result.stdout
     # where the time before the first step went: every part measured, and within the run's own time
     startup = summary["startup_seconds"]

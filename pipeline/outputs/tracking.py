@@ -164,7 +164,23 @@ def finish(wandb_run: Any, summary: dict, exit_code: int = 0) -> None:
     for key in ("status", "final_loss", "eval_loss", "trainable_params", "tokens_per_second"):
         if summary.get(key) is not None:
             wandb_run.summary[key] = summary[key]
+    for key, value in data_figures(summary).items():
+        wandb_run.summary[key] = value
     wandb_run.finish(exit_code=exit_code)
+
+
+def data_figures(summary: dict) -> dict:
+    """Each source's samples and trained tokens (data.sources), how far a stream was read (data.streaming), as flat
+    W&B summary keys: data/<source>/in_mix, data/stream/samples, ..."""
+    figures = {}
+    for name, facts in (summary.get("data_sources") or {}).items():
+        for key in ("train_samples", "in_mix", "trained_tokens", "eval_samples"):
+            if facts.get(key) is not None:
+                figures[f"data/{name}/{key}"] = facts[key]
+    for key, value in (summary.get("data_stream") or {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            figures[f"data/stream/{key}"] = value
+    return figures
 
 
 def publish_sweep(logger: Any, sweep_dir: Path, columns: tuple[str, ...], rows: list[dict], best: list[str]) -> None:
