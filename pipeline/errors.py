@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 EXIT_USAGE = 2
+RANK_ZERO_GRACE_S = 3.0  # a launch's other processes, on a mistake every rank finds: rank 0 says it first
 
 
 class ConfigError(Exception):
@@ -151,6 +152,10 @@ def report_and_exit(error: ConfigError) -> None:
     if os.environ.get("RANK", "0") in ("", "0"):
         sys.stderr.write(error.line() + "\n")
         sys.stderr.flush()
+    else:  # the launcher stops every process once one exits: the others wait for rank 0 to have said it
+        import time
+
+        time.sleep(RANK_ZERO_GRACE_S)
     sys.exit(getattr(error, "exit_code", EXIT_USAGE))
 
 
