@@ -153,8 +153,11 @@ def report_and_exit(error: ConfigError) -> None:
         sys.stderr.write(error.line() + "\n")
         sys.stderr.flush()
     else:  # the launcher stops every process once one exits: the others wait for rank 0 to have said it
+        import signal
         import time
 
+        code = getattr(error, "exit_code", EXIT_USAGE)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(code))  # the launcher's stop ends the wait, silently
         time.sleep(RANK_ZERO_GRACE_S)
     sys.exit(getattr(error, "exit_code", EXIT_USAGE))
 

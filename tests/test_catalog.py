@@ -144,6 +144,13 @@ CASES = [
           line="error: lora.init_weights: 'loftq' is not allowed"),
     train("ddp in one process (e.g. accelerate launch --cpu)", "distributed=ddp",
           line="error: distributed: ddp needs several processes and this is one"),
+    train("several processes, a mistake in the config", "distributed.processes=2", "lora.r=0",
+          line="error: lora.r: 0 is out of range"),  # checked once, before any process starts
+    data("several processes, a mistake in the data", '{"messages": [{"role": "user", "content": "hi"}, '
+         '{"role": "assistant", "content": 5}]}\n', "distributed.processes=2",
+         line="error: data.source: sample 0 has an assistant message whose content is a number"),  # rank 0 says it
+    train("several processes in a sweep", "distributed.processes=2", "lora.r=4,8", multirun=True, lines=3,
+          line="2 job(s) failed:"),
     train("fsdp on CPU", "distributed=fsdp", "backend=hf",
           line="error: distributed: fsdp shards over CUDA GPUs and this machine has none"),
     train("init weights refused by Unsloth on CPU", "lora.init_weights=pissa",

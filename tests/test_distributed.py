@@ -68,5 +68,98 @@ def test_a_mistake_under_torchrun_is_said_once(tmp_path: Path) -> None:
                              "-m", "pipeline.train", *COMMON, "lora.r=0", f"hydra.run.dir={tmp_path}/run"], cwd=REPO,
                             env=offline_env(home), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("error: ", "interrupted: "))]
+    # rank 1, stopped by torchrun while it waits for rank 0 to say it, says nothing
     assert ours == ["error: lora.r: 0 is out of range: must be at least 1. Use e.g. lora.r=16 (typical: 8 to 64)."]
+
+
+def test_the_command_starts_its_own_processes(tmp_path: Path) -> None:
+    """`distributed.processes=2`: torch's launcher, started by the command once the config checks out; the run is
+    the one torchrun would give, and nothing but the run's own lines reaches the terminal."""
+    home = tmp_path / "home"
+    home.mkdir()
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", *COMMON, "trainer.per_device_train_batch_size=2",
+                             "distributed.processes=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=offline_env(home),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["processes"] == 2 and summary["effective_batch_size"] == 8
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES
+    assert result.stdout.count("status      : completed") == 1
+    assert "Traceback" not in result.stderr and "torch/distributed/elastic" not in result.stderr, result.stderr
+
+
+def test_processes_that_disagree_with_the_launcher_are_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "pipeline.train", *COMMON, "distributed.processes=3",
+                             f"hydra.run.dir={tmp_path}/run"], cwd=REPO, env=offline_env(home), capture_output=True,
+                            text=True, timeout=300)
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("error: ", "interrupted: "))]
+    assert ours == ["error: distributed.processes: 3, and the launcher started 2. Leave distributed.processes out "
+                    "under torchrun or accelerate launch (their count decides)."]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_process_killed_mid_run_is_named(tmp_path: Path) -> None:
+    """SIGKILL (the out-of-memory killer) takes rank 1 during training: rank 0 loses its peer and says so, the
+    command names the killed process; one line each, exit 1, a failed summary."""
+    import signal
+    import time
+
+    import psutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", *COMMON[:-3], "trainer.max_steps=5000",
+                             "distributed.processes=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=offline_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.is_file() and metrics.stat().st_size) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # training has begun once the first step is logged
+    rank_one = [child for child in psutil.Process(proc.pid).children() if child.environ().get("RANK") == "1"]
+    assert len(rank_one) == 1
+    rank_one[0].send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if line.startswith(("error: ", "interrupted: "))]
+    # rank 0 finds its peer gone at its next step; should the launcher's stop reach it first, it stops gracefully
+    assert said[0].startswith("interrupted: ") or said[0] == (
+        "error: distributed: another process of this launch stopped (its connection: connection reset by peer). Its "
+        "own output says why; resume=auto continues from the newest complete checkpoint."), said
+    assert said[1:] == ["error: distributed.processes: the process of rank 1 was killed by SIGKILL before it could say "
+                        "why. Look for the system running out of memory (dmesg), or run fewer processes."], said
+    status = json.loads((run_dir / "summary.json").read_text())["status"]
+    assert status == ("failed" if said[0].startswith("error: ") else "interrupted")
+
+
+def test_ctrl_c_stops_the_processes_gracefully(tmp_path: Path) -> None:
+    """Ctrl-C reaches the command (its processes run in sessions of their own): it is passed on once, every process
+    stops after a checkpoint, rank 0 says so, and the exit code is 130."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", *COMMON[:-3], "trainer.max_steps=5000",
+                             "distributed.processes=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=offline_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.is_file() and metrics.stat().st_size) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=180)
+
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if line.startswith(("error: ", "interrupted: "))]
+    assert said == [f"interrupted: training stopped after a checkpoint; continue it with resume=auto "
+                    f"hydra.run.dir={run_dir}"], said
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert list((run_dir / "checkpoints").glob("checkpoint-*/adapter_model.safetensors"))

@@ -14,9 +14,14 @@ from pipeline.train import stop
 
 
 def train(run: Any, context: RunContext) -> float | None:
+    from pipeline.cli import processes
     from pipeline.outputs import tracking
 
+    processes.check(run, context)
     tracking.check_credentials(run)  # before anything loads
+    if processes.starts_processes(run):  # distributed.processes=N: they train, this one waits
+        processes.start(run, context, sys.argv[1:])
+        return None
     if not context.multirun:  # this process runs one job: libraries it will not use stay unimported
         from pipeline.compat import hide_from_imports
         from pipeline.train.trainer import unused_libraries
@@ -80,8 +85,11 @@ def cli() -> None:
         entry(main, interrupts=False)()
     except KeyboardInterrupt as interrupt:
         # RunInterrupted: a graceful stop that saved a checkpoint; a plain one: a second signal, or set-up
-        sys.stderr.write(f"{interrupt}\n" if hasattr(interrupt, "exit_code") else
-                         "interrupted: stopped at once; complete checkpoints stay and resume=auto continues\n")
+        from pipeline.config.launch import is_main_process
+
+        if is_main_process():  # every process of a launch stopped; the first says so
+            sys.stderr.write(f"{interrupt}\n" if hasattr(interrupt, "exit_code") else
+                             "interrupted: stopped at once; complete checkpoints stay and resume=auto continues\n")
         sys.exit(getattr(interrupt, "exit_code", 130))
 
 

@@ -198,6 +198,7 @@ class EvalConfig:
 class DistributedConfig:
     strategy: str = one_of("none", "none", "ddp", "fsdp")
     backend: str = one_of("auto", "auto", "nccl", "gloo")
+    processes: int = at_least(1, 1, "2")
     find_unused_parameters: bool = False
     reshard_after_forward: bool = True
     cpu_ram_efficient_loading: bool = True

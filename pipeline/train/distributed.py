@@ -13,8 +13,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-ONE_PROCESS_FIX = ("launch several: torchrun --nproc_per_node N -m pipeline.train ... (accelerate launch --cpu starts "
-                   "one process whatever --num_processes says: use --multi_gpu), or distributed=none")
+ONE_PROCESS_FIX = ("start several: distributed.processes=N, or torchrun --nproc_per_node N -m pipeline.train ... "
+                   "(accelerate launch --cpu starts one process whatever --num_processes says), or distributed=none")
 
 
 def check_launch(run: Any, context: Any, device: str) -> None:
@@ -59,3 +59,19 @@ def trainer_kwargs(dist: Any, device: str, world_size: int) -> dict[str, Any]:
 def quant_storage(dist: Any, compute_dtype: Any) -> dict[str, Any]:
     """FSDP shards 4-bit weights only if they are stored in a float dtype, the same as the rest of the model."""
     return {"bnb_4bit_quant_storage": compute_dtype} if dist.strategy == "fsdp" else {}
+
+
+LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket Timeout")
+
+
+def lost_peer(error: BaseException, world_size: int) -> ConfigError | None:
+    """A collective that failed because another process of the launch is gone (killed, or stopped by its own error):
+    one line saying so, instead of gloo's or NCCL's traceback; that process's own output says why."""
+    from pipeline.errors import RunFailed
+
+    sign = next((sign for sign in LOST_PEER if sign in str(error)), None)
+    if world_size == 1 or sign is None:
+        return None
+    return RunFailed("distributed", f"another process of this launch stopped (its connection: {sign.lower()})",
+                     "its own output says why; resume=auto continues from the newest complete checkpoint")
+

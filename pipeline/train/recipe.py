@@ -37,7 +37,7 @@ from pipeline.outputs.rundir import RunDirectory
 from pipeline.train import resume as resume_lib
 from pipeline.train import stop
 from pipeline.train.data import Data, read_data, setup_data
-from pipeline.train.distributed import check_launch
+from pipeline.train.distributed import check_launch, lost_peer
 from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
 
@@ -129,7 +129,8 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
         summary["status"] = "interrupted"
         raise
     except Exception as error:
-        fault = run_dir.write_fault(error)  # a full disk or read-only directory: one line, not a traceback
+        # a full disk or read-only directory, or a lost process of the launch: one line, not a traceback
+        fault = run_dir.write_fault(error) or lost_peer(error, context.world_size)
         if fault is not None:
             run_dir.remove_partial_writes()
             summary.update(status="failed", error=fault.line())
