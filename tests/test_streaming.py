@@ -93,6 +93,40 @@ def test_a_killed_stream_resumes_at_its_sample(lose_position: bool, corpus: Path
         assert summary["data_stream"]["samples"] == STEPS * BATCH * ACCUMULATION
 
 
+def test_a_damaged_position_file_is_named_on_resume(corpus: Path, tmp_path: Path, home: Path) -> None:
+    settings = [*STREAM, f"data.source={corpus}"]
+    killed = tmp_path / "killed"
+    proc = start(home, *settings, f"hydra.run.dir={killed}")
+    wait_for_checkpoint(killed, 8, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    for position in (killed / "checkpoints").glob(f"checkpoint-*/{POSITION_FILE}"):
+        position.write_text('{"row": 3, "samp')  # cut short
+
+    result = run_cli("pipeline.train", *settings, "resume=auto", f"hydra.run.dir={killed}", home=home)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: resume: {killed}/checkpoints/checkpoint-") and \
+        f"/{POSITION_FILE} is damaged (not valid JSON: " in line and "Delete it to resume by reading" in line, line
+
+
+@pytest.mark.parametrize("content", ['["a list"]', '{"row": "3"}', '{"source_state": null, "row": 1, "chunks": 1, '
+                                     '"rows_read": 50, "samples": true}', '{"source_state": 5, "row": 1, "chunks": 1, '
+                                     '"rows_read": 50, "samples": 8}'])
+def test_an_edited_position_file_is_refused(content: str, tmp_path: Path) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.train.stream_position import read_position
+
+    saved = tmp_path / "checkpoint-8" / POSITION_FILE
+    saved.parent.mkdir()
+    saved.write_text(content)
+    with pytest.raises(ConfigError, match="is damaged \\(not the position source_state, row, chunks, rows_read, "
+                       "samples\\)"):
+        read_position(saved)
+    saved.write_text('{"source_state": null, "row": 1, "chunks": 1, "rows_read": 50, "samples": 8}')
+    assert read_position(saved).samples == 8
+
+
 def test_a_packed_stream_trains_packed_sequences(corpus: Path, tmp_path: Path, home: Path) -> None:
     run_dir = tmp_path / "packed"
     result = run_cli("pipeline.train", *STREAM, f"data.source={corpus}", "data.packing=true", "trainer.max_steps=4",

@@ -85,5 +85,25 @@ def resume_at(trainer: Any, stream: TrainStream, checkpoint: Path) -> None:
         log.info("resume: %s has no %s: the trainer skips the %s's samples by reading them again", checkpoint.name,
                  POSITION_FILE, "stream")
         return
-    stream.start = Position(**json.loads(saved.read_text()))
+    stream.start = read_position(saved)
     trainer.args.ignore_data_skip = True
+
+
+def read_position(saved: Path) -> Position:
+    """A damaged or edited position file is named in one line (a resume must not start the stream elsewhere)."""
+    from dataclasses import fields
+
+    from pipeline.errors import ConfigError, first_line
+
+    fix = (f"delete it to resume by reading the stream's trained batches again, or resume from an earlier "
+           f"checkpoint ({saved.parent.parent})")
+    try:
+        value = json.loads(saved.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError("resume", f"{saved} is damaged (not valid JSON: {first_line(error)})", fix) from error
+    names = [field.name for field in fields(Position)]
+    counts = [name for name in names if name != "source_state"]
+    if not isinstance(value, dict) or set(value) != set(names) or not isinstance(value["source_state"], dict | None) \
+            or not all(type(value[name]) is int and value[name] >= 0 for name in counts):
+        raise ConfigError("resume", f"{saved} is damaged (not the position {', '.join(names)})", fix)
+    return Position(**value)
