@@ -4,6 +4,13 @@ The contract (README, "Mistakes are one line"): a mistake gives exit code 2 and 
 `error: <dotted.key>: <problem>. <fix>`, no traceback, no library chatter on stdout, and nothing left on disk that
 looks like a run. A fault during a run (full disk, NaN) gives one line, exit 1, and a `summary.json` that says
 `failed` and why. Settings this machine cannot honour are replaced with a note the run prints and records.
+
+What is a behaviour rather than a line and an exit code is tested beside its feature: a secret from the environment
+written as <$NAME> in config files and W&B (test_e2e), W&B's offline warnings kept off the terminal (test_e2e), a
+damaged data-cache entry rebuilt and a file replaced under the same size and time read again (test_data_cache), a
+folder's documentation files left out and said (test_data), SIGUSR2 under a scheduler's handler and a job SLURM
+requeued (test_resume), the failed jobs of a sweep under submitit and the README's Optuna line (test_sweeps), a mistake
+under torchrun, a killed process and Ctrl-C under distributed.processes (test_distributed), `--help | head` (test_cli).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ pytestmark = pytest.mark.e2e
 MESSAGES_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 PROGRESS_BAR = re.compile(r"\d+%\||it/s\]|s/it\]|^\s*(\x1b\[A)?\s*$")
 OUR_LOG_LINE = re.compile(r"^\[[^\]]+\]\[(pipeline[\w.]*|HYDRA)\]")
+NOT_HYDRA = {"pipeline.summarize"}  # a plain command line: no hydra.run.dir added
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,9 @@ class Case:
     env: tuple[tuple[str, str | None], ...] = ()  # None: removed from the environment
     leaves: tuple[str, ...] = ()   # what the run directory holds after (empty: no run directory at all)
     status: str | None = None      # summary.json's status, when one is left
-    setup: str | None = None       # "completed", "locked", "resumable", "tmpfs:<size>", "ro", "sigterm", "sigint"
+    setup: str | None = None       # "completed", "locked", "resumable", "finished", "tmpfs:<size>", "ro", "sigterm",
+                                   # "sigint"; two joined by "+" ("finished+sigint")
+    damage: str | None = None      # with setup "finished": what is done to the copy first (DAMAGES)
     multirun: bool = False
     says: str = ""                 # a line our own log must also print (stdout)
     summary: tuple[tuple[str, object], ...] = ()  # values summary.json must hold
@@ -176,7 +186,7 @@ CASES = [
     # --- where the run goes ---------------------------------------------------------------------------------------
     train("run dir under /proc", "hydra.run.dir=/proc/x",
           line="error: hydra.run.dir: cannot create /proc/x: No such file or directory"),
-    train("run dir on a read-only disk", line="error: hydra.run.dir: cannot create {tmp}/ro/run: Read-only file "
+    train("run dir on a read-only disk", line="error: hydra.run.dir: cannot create {run}: Read-only file "
           "system", setup="ro"),
     train("run dir where a file is", "hydra.run.dir={tmp}/a-file/run", line="error: hydra.run.dir: cannot create",
           files=(("a-file", b"x"),)),
@@ -402,6 +412,46 @@ CASES = [
     Case("evaluate: no run given", (), "error: run: no run directory given", command="pipeline.evaluate"),
     Case("evaluate: zero samples", ("run={run}", "eval.samples=0"), "error: eval.samples: 0 is out of range",
          command="pipeline.evaluate"),
+    Case("summarize: no sweep directory given", (), "error: the following arguments are required: sweep_dir. See "
+         "python -m pipeline.summarize --help.", command="pipeline.summarize"),
+    Case("summarize: a job with a damaged summary", ("{tmp}/sweep",), "| 0 |  | damaged |",
+         command="pipeline.summarize", exit=0, files=(("sweep/0/summary.json", b'{"status": "compl'),)),
+    # --- a finished run, damaged or gone: one line naming the file and what to do ------------------------------------
+    Case("export: adapter_config.json cut short", ("run={run}",),
+         "error: run: {run}/adapter/adapter_config.json is damaged (not valid JSON", command="pipeline.export",
+         setup="finished", damage="adapter config cut"),
+    Case("export: adapter weights deleted", ("run={run}",), "error: run: {run}/adapter/adapter_model.safetensors is "
+         "missing: the run's adapter has no weights. Restore it from a copy, or train the run again.",
+         command="pipeline.export", setup="finished", damage="weights deleted"),
+    Case("export: adapter weights cut short", ("run={run}",),
+         "error: run: {run}/adapter/adapter_model.safetensors is damaged", command="pipeline.export", setup="finished",
+         damage="weights cut"),
+    Case("export: summary.json cut short", ("run={run}",), "error: run: {run}/summary.json is damaged (not valid JSON",
+         command="pipeline.export", setup="finished", damage="summary cut"),
+    Case("export: summary.json binary", ("run={run}",), "error: run: {run}/summary.json is damaged (not valid JSON",
+         command="pipeline.export", setup="finished", damage="summary binary"),
+    Case("export: config.resolved.yaml not YAML", ("run={run}",), "error: run: {run}/config.resolved.yaml is damaged",
+         command="pipeline.export", setup="finished", damage="config not YAML"),
+    Case("export: the base model gone", ("run={run}",), "error: run: the run's base model /no/such/model is not there "
+         "(model.name in {run}/config.resolved.yaml). Put the base model back there, or correct model.name in that "
+         "file.", command="pipeline.export", setup="finished", damage="base model gone"),
+    Case("generate: adapter shapes edited", ("run={run}", "prompt=hi"),
+         "error: run: {run}/adapter does not fit the base ", command="pipeline.generate", setup="finished",
+         damage="shapes edited"),
+    Case("generate: a binary prompts file", ("run={run}", "prompts_file={tmp}/prompts.bin"),
+         "error: prompts_file: {tmp}/prompts.bin is not UTF-8 text (invalid start byte at byte 0). Give a text file "
+         "with one prompt per line.", command="pipeline.generate", setup="finished",
+         files=(("prompts.bin", b"\x89PNG\r\n\x1a\n\xff\xfe"),)),
+    Case("export: a full disk", ("run={run}",), "error: export: cannot write to {run}: ", command="pipeline.export",
+         setup="finished+tmpfs:400k", exit=1),  # room for the run, not for the merged model: nothing kept
+    Case("export: Ctrl-C", ("run={run}",), "interrupted: stopped at once; nothing half-written was kept",
+         command="pipeline.export", setup="finished+sigint", exit=130),
+    train("train into a folder whose summary.json is damaged",
+          line="error: hydra.run.dir: {run}/summary.json is damaged", files=(("run/summary.json", b'{"status": "ru'),),
+          leaves=("summary.json",)),
+    train("resume on data changed since the run started", "resume=auto",
+          line="error: resume: the data changed since this run started (its files are not the ones it trained on)",
+          setup="resumable", leaves=("config.resolved.yaml", "summary.json"), status="interrupted"),
     # --- sweeps ----------------------------------------------------------------------------------------------------
     train("sweep: every failed job listed", "lora.r=0,33", line="2 job(s) failed:", lines=3, multirun=True),
     train("sweep: data errors in every job", "data.source={tmp}/a.jsonl,{tmp}/b.jsonl",
@@ -436,9 +486,10 @@ def test_the_catalog_has_at_least_100_cases() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_catalog(case: Case, tmp_path: Path, home: Path) -> None:
-    own_disk = (case.setup or "").startswith(("tmpfs", "ro"))  # the run directory on a filesystem of its own
-    run_dir = tmp_path / (case.setup or "")[:2] / "run" if own_disk else tmp_path / "run"
+def test_catalog(case: Case, tmp_path: Path, home: Path, request: pytest.FixtureRequest) -> None:
+    # the run directory on a filesystem of its own
+    own_disk = bool({"tmpfs", "ro"} & {part.split(":")[0] for part in setups(case)})
+    run_dir = tmp_path / "disk" / "run" if own_disk else tmp_path / "run"
     def fill(text: str) -> str:  # not str.format: overrides hold ${...} of their own
         return text.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir))
 
@@ -449,13 +500,15 @@ def test_catalog(case: Case, tmp_path: Path, home: Path) -> None:
     if case.multirun:
         args = ["-m", *args] + ([] if any(a.startswith("hydra.sweep.dir=") for a in args) else
                                 [f"hydra.sweep.dir={run_dir}"])
-    elif not any(a.startswith("hydra.run.dir=") for a in args):
+    elif not any(a.startswith("hydra.run.dir=") for a in args) and case.command not in NOT_HYDRA:
         args.append(f"hydra.run.dir={run_dir}")
     env = offline_env(home)
     for key, value in case.env:
         env.pop(key, None) if value is None else env.__setitem__(key, value)
     expected = fill(case.line)
-    result, run_dir = run_with_setup(case, [sys.executable, "-m", case.command, *args], env, tmp_path, run_dir)
+    finished = request.getfixturevalue("finished_run") if "finished" in setups(case) else None
+    result, run_dir = run_with_setup(case, [sys.executable, "-m", case.command, *args], env, tmp_path, run_dir,
+                                     finished)
     stderr, stdout = result.stderr, result.stdout
 
     assert result.returncode == case.exit, stderr[-3000:]
@@ -469,7 +522,7 @@ def test_catalog(case: Case, tmp_path: Path, home: Path) -> None:
         assert lines[0 if case.lines == 1 else -case.lines].startswith(expected), lines
         if case.lines > 1:  # a sweep: each failed job has its own error line
             assert all(" error: " in line for line in lines[-case.lines + 1:]), lines
-        if case.setup is None or not case.setup.startswith(("tmpfs", "sig")):
+        if not any(part.startswith(("tmpfs", "sig")) for part in setups(case)):
             chatter = [line for line in stdout.splitlines() if line.strip() and not OUR_LOG_LINE.match(line)]
             assert chatter == [], chatter  # libraries log to the run's log file, not the terminal
     check_left_on_disk(case, run_dir)
@@ -479,7 +532,11 @@ def check_left_on_disk(case: Case, run_dir: Path) -> None:
     if case.multirun:
         assert not any(run_dir.glob("*/summary.json"))  # no job got far enough to look like a run
         return
-    if case.setup in ("sigterm", "sigint"):  # where the signal lands in set-up decides what was written
+    if "finished" in setups(case):  # a command on a finished run: the run is left as it was, and no export half-made
+        present = {p.name for p in run_dir.iterdir()}
+        assert {"summary.json", "adapter", "config.resolved.yaml"} <= present and "export" not in present, present
+        return
+    if {"sigterm", "sigint"} & setups(case):  # where the signal lands in set-up decides what was written
         summary = run_dir / "summary.json"
         assert not summary.exists() or json.loads(summary.read_text())["status"] == "interrupted"
         assert not (run_dir / "adapter").exists()
@@ -507,11 +564,18 @@ def check_left_on_disk(case: Case, run_dir: Path) -> None:
             assert all((p / "trainer_state.json").is_file() for p in (run_dir / "checkpoints").glob("checkpoint-*"))
 
 
-def run_with_setup(case: Case, command: list[str], env: dict, tmp_path: Path,
-                   run_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run `command` after building what the case needs: a run directory in some state, a small or read-only disk,
-    a signal during set-up."""
-    setup = case.setup or ""
+def setups(case: Case) -> set[str]:
+    return set((case.setup or "").split("+")) - {""}
+
+
+def run_with_setup(case: Case, command: list[str], env: dict, tmp_path: Path, run_dir: Path,
+                   finished: Path | None) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run `command` after building what the case needs: a run directory in some state (a copy of a finished run,
+    damaged as the case says), a small or read-only disk, a signal during set-up."""
+    parts = setups(case)
+    setup = next((part for part in parts if part != "finished"), "")
+    if finished is not None and not setup.startswith("tmpfs"):
+        copy_finished_run(finished, run_dir, case.damage)
     if setup == "completed":
         run_dir.mkdir()
         (run_dir / "summary.json").write_text('{"status": "completed"}\n')
@@ -524,31 +588,79 @@ def run_with_setup(case: Case, command: list[str], env: dict, tmp_path: Path,
     if setup in ("sigterm", "sigint"):
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(3)  # inside set-up: composing, importing, preparing data
+        time.sleep(4 if finished else 3)  # inside set-up: composing, importing, preparing data, loading the base
         proc.send_signal(signal.SIGTERM if setup == "sigterm" else signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
         return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), run_dir
     if setup.startswith("tmpfs:") or setup == "ro":
-        return run_on_own_filesystem(setup, command, env, run_dir)
+        return run_on_own_filesystem(setup, command, env, run_dir, finished)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return result, run_dir
 
 
-def run_on_own_filesystem(setup: str, command: list[str], env: dict,
-                          run_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
-    """A tmpfs of its own (in a private mount namespace): small, to fill during training, or read-only. What the run
-    left is copied out before the namespace ends."""
+def run_on_own_filesystem(setup: str, command: list[str], env: dict, run_dir: Path,
+                          finished: Path | None) -> tuple[subprocess.CompletedProcess, Path]:
+    """A tmpfs of its own (in a private mount namespace): small, to fill during training or an export, or read-only.
+    A finished run is copied onto it first (without its checkpoints); what is left is copied out before the namespace
+    ends."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
         pytest.skip("needs `unshare -m` (root) to mount a small filesystem")
     mount = run_dir.parent
     mount.mkdir()
     options = "size=1m,ro" if setup == "ro" else f"size={setup.split(':')[1]}"
     copy = mount.parent / "run-copy"
-    script = (f"mount -t tmpfs -o {options} tmpfs {mount} && {{ {shlex.join(command)}; rc=$?; "
+    fill = "" if finished is None else (  # the finished run, onto the small disk once it is mounted
+        f"tar -C {finished} -cf - {' '.join(f'--exclude={name}' for name in FINISHED_LEFT_OUT)} . | "
+        f"(mkdir {run_dir} && tar -C {run_dir} -xf -) && ")
+    script = (f"mount -t tmpfs -o {options} tmpfs {mount} && {fill}{{ {shlex.join(command)}; rc=$?; "
               f"if [ -d {run_dir} ]; then cp -r {run_dir} {copy}; fi; exit $rc; }}")
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     return result, copy
+
+
+FINISHED_LEFT_OUT = ("checkpoints", "wandb", "export")  # what the commands on a finished run do not read
+
+
+def copy_finished_run(finished: Path, run_dir: Path, damage: str | None) -> None:
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns(*FINISHED_LEFT_OUT))
+    if damage is not None:
+        DAMAGES[damage](run_dir)
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def widen_an_adapter_weight(run_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights_file = run_dir / "adapter" / "adapter_model.safetensors"
+    weights = load_file(weights_file)
+    name = next(k for k in weights if "lora_A" in k)
+    weights[name] = torch.zeros(weights[name].shape[0] + 3, weights[name].shape[1])
+    save_file(weights, weights_file)
+
+
+def move_the_base_model(run_dir: Path) -> None:
+    config = run_dir / "config.resolved.yaml"
+    text = config.read_text()
+    name = next(line for line in text.splitlines() if line.startswith("  name: "))
+    config.write_text(text.replace(name, "  name: /no/such/model", 1))
+
+
+DAMAGES = {  # what a run directory goes through: a copy cut short, a file deleted or edited by hand
+    "adapter config cut": lambda run: cut_in_half(run / "adapter" / "adapter_config.json"),
+    "weights deleted": lambda run: (run / "adapter" / "adapter_model.safetensors").unlink(),
+    "weights cut": lambda run: (run / "adapter" / "adapter_model.safetensors").write_bytes(
+        (run / "adapter" / "adapter_model.safetensors").read_bytes()[:100]),
+    "summary cut": lambda run: (run / "summary.json").write_text('{"status": "compl'),
+    "summary binary": lambda run: (run / "summary.json").write_bytes(b"\xff\xfe\x00binary"),
+    "config not YAML": lambda run: (run / "config.resolved.yaml").write_text("model: {name: [unclosed\n"),
+    "shapes edited": widen_an_adapter_weight,
+    "base model gone": move_the_base_model,
+}
 
 
 def write_interrupted_run(run_dir: Path) -> None:
@@ -561,4 +673,5 @@ def write_interrupted_run(run_dir: Path) -> None:
 
     run_dir.mkdir()
     write_resolved_config(run_dir, to_plain_dict(to_runconfig(compose("experiment=quickstart", "logger=none"))))
-    (run_dir / "summary.json").write_text('{"status": "interrupted"}\n')
+    # the fingerprint of data other than the quickstart's: resuming on the quickstart's data is refused
+    (run_dir / "summary.json").write_text('{"status": "interrupted", "data_fingerprint": "0123456789abcdef"}\n')

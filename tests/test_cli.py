@@ -94,9 +94,3 @@ def test_help_into_a_closed_pipe_ends_quietly() -> None:
     proc.stdout.close()
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
-
-
-def test_summarize_without_its_argument_is_one_line(home: Path) -> None:
-    result = run_cli("pipeline.summarize", home=home)
-    assert result.returncode == 2 and result.stderr.splitlines() == [
-        "error: the following arguments are required: sweep_dir. See python -m pipeline.summarize --help."]
