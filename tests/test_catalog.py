@@ -414,7 +414,7 @@ CASES = [
          command="pipeline.evaluate"),
     Case("summarize: no sweep directory given", (), "error: the following arguments are required: sweep_dir. See "
          "python -m pipeline.summarize --help.", command="pipeline.summarize"),
-    Case("summarize: a job with a damaged summary", ("{tmp}/sweep",), "| 0 |  | damaged |",
+    Case("summarize: a job with a damaged summary", ("{tmp}/sweep",), "job 0: {tmp}/sweep/0/summary.json is damaged",
          command="pipeline.summarize", exit=0, files=(("sweep/0/summary.json", b'{"status": "compl'),)),
     # --- a finished run, damaged or gone: one line naming the file and what to do ------------------------------------
     Case("export: adapter_config.json cut short", ("run={run}",),

@@ -197,8 +197,10 @@ def best_lines(rows: list[dict]) -> list[str]:
 
 def describe(rows: list[dict], sweep_dir: Path) -> list[str]:
     failed = sum(row["status"] == "failed" for row in rows)
+    damaged = [row for row in rows if row["status"] == "damaged"]  # named with their file, each on a line
     return [f"sweep: {len(rows)} jobs, {failed} failed; summary in {sweep_dir}/sweep_summary.md (csv, sweep.png)",
-            *markdown(rows), *best_lines(rows), *search_lines(sweep_dir, rows)]
+            *markdown(rows), *(f"job {row['job']}: {row['error']}" for row in damaged), *best_lines(rows),
+            *search_lines(sweep_dir, rows)]
 
 
 def search_lines(sweep_dir: Path, rows: list[dict]) -> list[str]:
