@@ -322,7 +322,11 @@ CASES = [
          line="error: data.source: sample 0: an assistant message's 'loss_weight' is 'high', not a number"),
     data("empty assistant answer",
          MESSAGES_ROW + '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}\n',
-         line="error: data.source: sample 1 has an empty assistant message"),
+         line="error: data.source: sample 1 has an empty assistant message (nothing to learn)"),
+    data("empty assistant answers, many", (MESSAGES_ROW + '{"messages": [{"role": "user", "content": "hi"}, '
+         '{"role": "assistant", "content": " "}]}\n') * 40,
+         line="error: data.source: sample 1 has an empty assistant message (nothing to learn); 40 of 80 samples have "
+              "one. Write each answer, or remove those samples."),
     train("a folder of several data kinds", "data.source={tmp}/folder",
           line="error: data.source: {tmp}/folder holds data files of several kinds (json: data.jsonl, text: notes.txt)",
           files=(("folder/data.jsonl", MESSAGES_ROW.encode()), ("folder/notes.txt", b"some notes\n"))),

@@ -457,12 +457,12 @@ def test_without_markers_every_answer_trains(tmp_path: Path, monkeypatch: pytest
 
 def test_empty_cells_are_named(tmp_path: Path, home: Path) -> None:
     source = tmp_path / "data.csv"
-    source.write_text("instruction,input,output\nSay hi.,,Hi.\nSay bye.,,\n")
+    source.write_text("instruction,input,output\nSay hi.,,Hi.\nSay bye.,,\nSay no.,,No.\nSay yes.,,\n")
     result = run_cli("pipeline.train", "experiment=quickstart", f"data.source={source}", "data.format=alpaca",
                      "data.val_size=0", f"hydra.run.dir={tmp_path / 'run'}", home=home)
     assert result.returncode == 2
-    assert error_lines(result.stderr) == ["error: data.source: sample 1 has an empty 'output'. "
-                                          "Fill it in or remove the sample."]
+    assert error_lines(result.stderr) == ["error: data.source: sample 1 has an empty 'output'; 2 of 4 samples have "
+                                          "one. Fill in each one, or remove those samples."]
 
 
 def test_a_folder_is_read_as_the_data_it_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -66,12 +66,13 @@ def check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
     typed = [c for c in (*TEXT_COLUMNS.get(fmt, ()), *TEXT_OR_MESSAGES.get(fmt, ())) if c in dataset.column_names]
     if not typed:
         return
+    empty: dict[str, list[int]] = {}  # a gap is rarely alone: counted over the whole file, then refused
     for start, batch in batches(dataset, typed):
         for column in typed:
             for offset, value in enumerate(batch[column]):
                 if column in required and (value is None or (isinstance(value, str | list) and not value)):
-                    raise ConfigError(key, f"sample {start + offset} has an empty '{column}'",
-                                      "fill it in or remove the sample")
+                    empty.setdefault(column, []).append(start + offset)
+                    continue
                 if value is None or isinstance(value, str):
                     continue
                 if column in TEXT_OR_MESSAGES.get(fmt, ()):
@@ -82,6 +83,8 @@ def check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
                 elif isinstance(value, bool) or not isinstance(value, int | float):
                     raise ConfigError(key, f"sample {start + offset}: '{column}' is {kind_of(value)}, not text",
                                       "write it as a string (a sample for each answer, not a list of them)")
+    for column, samples in empty.items():
+        refuse_empty(samples, f"an empty '{column}'", len(dataset), key, "fill in each one, or remove those samples")
 
 
 def check_turns(turns_column: list, column: str, key: str = "data.source", start: int = 0) -> None:
@@ -96,9 +99,21 @@ def check_turns(turns_column: list, column: str, key: str = "data.source", start
                               'write it as [{"role": ..., "content": ...}, ...]')
 
 
-def check_roles(conversations: list, key: str = "data.source", column: str = "messages", start: int = 0) -> None:
+EMPTY_ANSWER = "an empty assistant message (nothing to learn)"
+EMPTY_ANSWER_FIX = "write each answer, or remove those samples"
+
+
+def refuse_empty(empty: list[int], what: str, total: int, key: str, fix: str) -> None:
+    """Samples with nothing to learn, found over the whole file: the first named, and how many."""
+    if empty:
+        many = f"; {len(empty)} of {total} samples have one" if len(empty) > 1 else ""
+        raise ConfigError(key, f"sample {empty[0]} has {what}{many}", fix)
+
+
+def check_roles(conversations: list, key: str = "data.source", column: str = "messages", start: int = 0,
+                empty: list[int] | None = None) -> None:
     """Roles, content (text, or text parts), a non-empty assistant answer, and per-turn flags that read as what
-    they say."""
+    they say. `empty`: samples with an empty answer are noted there (counted, refused later) instead of refused."""
     for offset, messages in enumerate(conversations):
         index = start + offset
         for turn in messages:
@@ -119,8 +134,10 @@ def check_roles(conversations: list, key: str = "data.source", column: str = "me
                                   "supported)", 'keep only {"type": "text", "text": ...} parts, or remove the sample')
             if role == "assistant":
                 if isinstance(content, str) and not content.strip() and not turn.get("tool_calls"):
-                    raise ConfigError(key, f"sample {index} has an empty assistant message (nothing to learn)",
-                                      "write the answer, or remove the sample")
+                    if empty is None:
+                        refuse_empty([index], EMPTY_ANSWER, 1, key, EMPTY_ANSWER_FIX)
+                    if not empty or empty[-1] != index:
+                        empty.append(index)
                 turn_trained(turn, f"sample {index}", key)
 
 

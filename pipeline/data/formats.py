@@ -340,17 +340,19 @@ def _check_conversations(dataset: Any, fmt: str, key: str = "data.source") -> ch
     column = "messages" if fmt == "messages" else "conversations"
     wanted = [c for c in (column, "system", tools.TOOLS) if c in dataset.column_names]
     found = checks.Scan()
+    empty: list[int] = []  # samples with an empty answer: counted over the whole file, then refused
     try:
         for start, batch in checks.batches(dataset, wanted):  # a batch at a time: memory stays flat
             check_turns(batch[column], column, key, start)
             rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
             conversations = batch[column] if fmt == "messages" else \
                 [_sharegpt_to_messages(row, start + i)["messages"] for i, row in enumerate(rows)]
-            check_roles(conversations, key, column, start)
+            check_roles(conversations, key, column, start, empty)
             definitions = batch.get(tools.TOOLS) or [None] * len(conversations)
             if found.add(conversations, definitions, start):  # this batch uses tool calling: its calls checked
                 for offset, (messages, definition) in enumerate(zip(conversations, definitions, strict=True)):
                     tools.normalize_row({"messages": messages, tools.TOOLS: definition}, start + offset)
+        checks.refuse_empty(empty, checks.EMPTY_ANSWER, len(dataset), key, checks.EMPTY_ANSWER_FIX)
     except ConfigError as error:  # the sample is named; the key says which source holds it
         if error.key != "data.source":
             raise
