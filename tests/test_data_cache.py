@@ -155,3 +155,6 @@ def test_a_file_replaced_with_the_same_size_and_time_is_prepared_again(tmp_path:
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert source.stat().st_size == stat.st_size and source.stat().st_mtime_ns == stat.st_mtime_ns
     assert cache.cache_key(run, 256) != before
+    hits = cache._content_sample.cache_info().hits
+    cache.data_fingerprint(run.data)
+    assert cache._content_sample.cache_info().hits == hits + 1  # the run's fingerprint reads the file no more

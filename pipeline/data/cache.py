@@ -103,7 +103,14 @@ SAMPLED = 2**20  # bytes read from each end of a data file for its key
 
 def content_sample(path: str) -> str:
     """A hash of a file's first and last MiB: a file replaced by another of the same size and mtime (a copy with
-    its times kept, `touch -r`) still changes the key, at the cost of reading 2 MiB, however large the file."""
+    its times kept, `touch -r`) still changes the key, at the cost of reading 2 MiB, however large the file (once a
+    run: the cache key and the data fingerprint share it while the file's size, times and inode stay)."""
+    stat = os.stat(path)
+    return _content_sample(path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _content_sample(path: str, *identity: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         h.update(f.read(SAMPLED))

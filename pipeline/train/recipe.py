@@ -11,7 +11,6 @@ batch; rank 0 alone writes the run directory, evaluates before/after and reports
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ from pipeline.model.skeleton import skeleton_layout
 from pipeline.model.untrained import UntrainedTokens
 from pipeline.outputs import report, tracking
 from pipeline.outputs.rundir import RunDirectory
-from pipeline.train import resume as resume_lib
 from pipeline.train import stop
 from pipeline.train.data import Data, read_data, setup_data
 from pipeline.train.distributed import check_launch, lost_peer
 from pipeline.train.header import describe_setup
 from pipeline.train.precision import Precision, resolve_precision
+from pipeline.train.run_directory import forget_run, open_run_directory, running_summary
 
 log = logging.getLogger(__name__)
 
@@ -143,63 +142,13 @@ def run_recipe(run: TrainConfig, context: RunContext) -> RecipeResult:
     return RecipeResult(summary, trainer.model, data.tokenizer)
 
 
-# --- the run directory ------------------------------------------------------------------------------------------
-
-def open_run_directory(run: TrainConfig, context: RunContext) -> tuple[RunDirectory, Any]:
-    """Lock the run directory; a directory that holds a run is only continued with `resume`, never overwritten."""
-    resume = run.resume or resume_lib.requeued_by_slurm(context.run_dir)
-    path = resume_lib.run_directory_of(resume, context.run_dir) if resume else context.run_dir
-    run_dir = RunDirectory(path, writes=context.main_process)
-    if not run_dir.writes:  # rank 0 checks and writes; the others only need the same resume point
-        return run_dir, resume_lib.find_resume_point(resume, run_dir) if resume else None
-    run_dir.refuse_foreign_files()  # a folder of the user's own files is never made a run (before the lock file)
-    run_dir.lock()
-    previous = run_dir.read_summary()
-    if resume is None:
-        if previous is not None:
-            raise ConfigError("hydra.run.dir", f"{path} already holds a {previous.get('status', 'earlier')} run",
-                              "continue it with resume=auto, or give this run another hydra.run.dir or name")
-        run_dir.write_start(context.hydra_files, to_plain_dict(run))
-        return run_dir, None
-    saved = path / "config.resolved.yaml"
-    if saved.is_file():
-        from omegaconf import OmegaConf
-
-        resume_lib.check_same_training(OmegaConf.to_container(OmegaConf.load(saved)), to_plain_dict(run))
-    resume_lib.check_same_data(previous or {}, run.data)
-    point = resume_lib.find_resume_point(resume, run_dir)
-    if (previous or {}).get("status") == "completed":
-        return run_dir, point  # nothing is written: the run is reported as it is
-    run_dir.write_start(context.hydra_files, to_plain_dict(run))
-    log.info("resume: %s", f"from {point.checkpoint} (step {point.step})" if point.checkpoint else
-             f"no complete checkpoint in {run_dir.checkpoints}: starting at step 0")
-    return run_dir, point
-
+# --- the run directory (pipeline/train/run_directory.py opens it) -------------------------------------------------
 
 def nothing_left_to_train(run_dir: RunDirectory) -> RecipeResult:
     summary = run_dir.read_summary()
     log.info("resume: the run in %s already completed at step %s: nothing left to train", run_dir.path,
              summary.get("global_step"))
     return RecipeResult(summary, None, None)
-
-
-def running_summary(run: TrainConfig, run_dir: RunDirectory) -> dict:
-    """What summary.json says from the start: the run is going on, in this process."""
-    from pipeline.data.cache import data_fingerprint
-
-    try:
-        fingerprint = data_fingerprint(run.data)
-    except ConfigError:  # a data file that is not there: said by the data stage, which cleans up after itself
-        fingerprint = None
-    summary = {"status": "running", "pid": os.getpid(), "model": run.model.name, "backend": run.backend,
-               "method": run.method.name, "run_dir": str(run_dir.path), "data_fingerprint": fingerprint}
-    run_dir.write_summary(summary)
-    return summary
-
-
-def forget_run(run_dir: RunDirectory) -> None:
-    for name in ("summary.json", "config.resolved.yaml", "metrics.jsonl", ".lock"):
-        (run_dir.path / name).unlink(missing_ok=True)
 
 
 # --- the stages ---------------------------------------------------------------------------------------------------
