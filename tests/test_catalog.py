@@ -312,6 +312,9 @@ CASES = [
     data("message content is a number",
          '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}\n',
          line="error: data.source: sample 0 has an assistant message whose content is a number, not text"),
+    data("sharegpt answer is a list", '{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", '
+         '"value": ["a.", "b."]}]}\n', line="error: data.source: sample 0 has an assistant message whose content is a "
+         "list holding text, not text or text parts"),
     data("train flag that is no boolean",
          '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", '
          '"train": "maybe"}]}\n',
@@ -446,6 +449,9 @@ CASES = [
          "error: prompts_file: {tmp}/prompts.bin is not UTF-8 text (invalid start byte at byte 0). Give a text file "
          "with one prompt per line.", command="pipeline.generate", setup="finished",
          files=(("prompts.bin", b"\x89PNG\r\n\x1a\n\xff\xfe"),)),
+    Case("generate: the merged export deleted", ("run={run}", "generate.source=merged_16bit", "prompt=hi"),
+         "error: generate.source: there is no merged export in {run}/export/merged_16bit. Write it first: "
+         "python -m pipeline.export run={run}.", command="pipeline.generate", setup="finished"),
     Case("export: a full disk", ("run={run}",), "error: export: cannot write to {run}: ", command="pipeline.export",
          setup="finished+tmpfs:400k", exit=1),  # room for the run, not for the merged model: nothing kept
     Case("export: Ctrl-C", ("run={run}",), "interrupted: stopped at once; nothing half-written was kept",

@@ -54,6 +54,19 @@ def test_merged_export_checks_itself_and_loads_with_plain_transformers(finished_
     assert (got - expected).abs().max() < 0.015 * expected.abs().max()
     assert (untouched - expected).abs().max() > 10 * (got - expected).abs().max()
 
+    # the export damaged afterwards: generate names it in one line (weights cut short, then deleted)
+    weights = next(out.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])
+    result = run_cli("pipeline.generate", f"run={run_dir}", "generate.source=merged_16bit", "prompt=hi", home=home)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: generate.source: the merged export in {out} is damaged ("), result.stderr
+    weights.unlink()
+    result = run_cli("pipeline.generate", f"run={run_dir}", "generate.source=merged_16bit", "prompt=hi", home=home)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: generate.source: the merged export in {out} has no weights (model*.safetensors). Write it again: "
+        f"python -m pipeline.export run={run_dir}.")
+
 
 def test_a_changed_adapter_is_refused_and_no_export_is_left(finished_run: Path, tmp_path: Path, home: Path) -> None:
     from safetensors.torch import load_file, save_file

@@ -137,10 +137,10 @@ def check_harness(run: FinishedRun, tasks: list[str]) -> Path | None:
         return None
     import importlib.util
 
+    from pipeline.after.generate import check_merged_export
+
     merged = run.path / "export" / "merged_16bit"
-    if not (merged / "config.json").is_file():
-        raise ConfigError("eval.lm_eval_tasks", f"lm-evaluation-harness runs on the merged export, and there is none "
-                          f"in {merged}", f"write it first: python -m pipeline.export run={run.path}")
+    check_merged_export(merged, run.path, "eval.lm_eval_tasks")  # lm-evaluation-harness runs on it
     if importlib.util.find_spec("lm_eval") is None:
         raise ConfigError("eval.lm_eval_tasks", "lm-evaluation-harness is not installed",
                           'install the extra: pip install -e ".[lm-eval]" (its tasks download their data from the hub)')

@@ -4,18 +4,18 @@ export; prompts rendered with the run's own chat template, tokens streamed as th
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from pipeline.after.finished import FinishedRun, load_adapter
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 
 def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
     """(model, tokenizer) for `settings.source`, in eval mode."""
     path = run.path / "export" / "merged_16bit"
-    if settings.source == "merged_16bit" and not (path / "config.json").is_file():  # before torch: a mistake is quick
-        raise ConfigError("generate.source", f"there is no merged export in {path}",
-                          f"write it first: python -m pipeline.export run={run.path}")
+    if settings.source == "merged_16bit":  # before torch: a mistake is quick
+        check_merged_export(path, run.path, "generate.source")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -24,11 +24,25 @@ def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
     precision = resolve_precision(run.config.model.dtype, "hf")
     if settings.source == "merged_16bit":
         dtype = torch.float32 if precision.device == "cpu" else precision.dtype  # CPUs compute in float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map(precision))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map(precision))
+        except Exception as error:  # noqa: BLE001 - a cut or edited weights file: transformers' and safetensors' own
+            raise ConfigError("generate.source", f"the merged export in {path} is damaged ({first_line(error)})",
+                              f"write it again: python -m pipeline.export run={run.path}") from error
         return model.eval(), AutoTokenizer.from_pretrained(path)
 
     return load_adapter(load_base(run, settings.base, precision), run), \
         AutoTokenizer.from_pretrained(run.adapter)
+
+
+def check_merged_export(path: Path, run_path: Path, key: str) -> None:
+    """The merged export is there, with its weights (not deleted or half-copied since `export` verified it)."""
+    if not (path / "config.json").is_file():
+        raise ConfigError(key, f"there is no merged export in {path}",
+                          f"write it first: python -m pipeline.export run={run_path}")
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(key, f"the merged export in {path} has no weights (model*.safetensors)",
+                          f"write it again: python -m pipeline.export run={run_path}")
 
 
 def load_base(run: FinishedRun, base: str, precision: Any) -> Any:

@@ -127,6 +127,11 @@ def check_roles(conversations: list, key: str = "data.source", column: str = "me
             if content is not None and not isinstance(content, str | list):
                 raise ConfigError(key, f"sample {index} has {'an' if role == 'assistant' else 'a'} {role} message "
                                   f"whose content is {kind_of(content)}, not text", "write the content as a string")
+            if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+                odd = next(part for part in content if not isinstance(part, dict))
+                raise ConfigError(key, f"sample {index} has {'an' if role == 'assistant' else 'a'} {role} message "
+                                  f"whose content is a list holding {kind_of(odd)}, not text or text parts",
+                                  "write the content as a string (a sample for each answer, not a list of them)")
             kind = non_text_part(content)
             if kind is not None:
                 raise ConfigError(key, f"sample {index} of column '{column}' has a '{kind}' content part in a "
