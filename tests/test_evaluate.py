@@ -45,12 +45,15 @@ def test_lm_eval_needs_a_merged_export_and_the_extra(tmp_path: Path) -> None:
 
     run = FinishedRun(tmp_path, None, {})
     assert check_harness(run, []) is None  # not asked: nothing to check
-    with pytest.raises(ConfigError, match="eval.lm_eval_tasks: lm-evaluation-harness runs on the merged export, and "
-                                          "there is none in .* Write it first: python -m pipeline.export run="):
+    with pytest.raises(ConfigError, match="eval.lm_eval_tasks: there is no merged export in .* Write it first: "
+                                          "python -m pipeline.export run="):
         check_harness(run, ["hellaswag"])
     merged = tmp_path / "export" / "merged_16bit"
     merged.mkdir(parents=True)
     (merged / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="the merged export in .* has no weights"):  # deleted since the export
+        check_harness(run, ["hellaswag"])
+    (merged / "model.safetensors").write_bytes(b"")
     if importlib.util.find_spec("lm_eval") is None:  # the optional extra, not installed by make setup
         with pytest.raises(ConfigError, match=r'eval.lm_eval_tasks: lm-evaluation-harness is not installed. Install '
                                               r'the extra: pip install -e "\.\[lm-eval\]"'):
