@@ -158,3 +158,16 @@ def test_a_file_replaced_with_the_same_size_and_time_is_prepared_again(tmp_path:
     hits = cache._content_sample.cache_info().hits
     cache.data_fingerprint(run.data)
     assert cache._content_sample.cache_info().hits == hits + 1  # the run's fingerprint reads the file no more
+
+
+def test_several_processes_write_the_cache_in_shards() -> None:
+    """data.num_proc=2 (as large data gets by itself): the cache is written a shard per process and reads back as
+    the same rows, checked whole by its files record."""
+    from pipeline.train.data import read_data, setup_data
+
+    run = quickstart("data.num_proc=2")
+    first = setup_data(run, read_data(run))
+    folder = first.prepared.cache_dir
+    assert len(list((folder / "train").glob("*.arrow"))) == 2
+    again = setup_data(run, read_data(run))
+    assert again.prepared.from_cache and again.prepared.train["input_ids"] == first.prepared.train["input_ids"]

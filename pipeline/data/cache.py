@@ -234,14 +234,17 @@ def load_cached(folder: Path) -> Any:
     return Prepared(load_from_disk(str(folder / "train")), evaluation, stats, folder, from_cache=True)
 
 
-def save_cached(folder: Path, prepared: Any, meta: dict) -> None:
-    """Whole or not at all: written beside, then renamed (a failed write leaves nothing)."""
+def save_cached(folder: Path, prepared: Any, meta: dict, num_proc: int | None = None) -> None:
+    """Whole or not at all: written beside, then renamed (a failed write leaves nothing). Large sets are written by
+    `num_proc` processes, a shard each: this process then never reads the prepared rows' pages itself."""
     import shutil
+
+    from pipeline.data.prepare import processes
 
     tmp = folder.with_name(folder.name + ".tmp")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        prepared.train.save_to_disk(str(tmp / "train"))
+        prepared.train.save_to_disk(str(tmp / "train"), num_proc=processes(num_proc, len(prepared.train)))
         if prepared.eval is not None:
             prepared.eval.save_to_disk(str(tmp / "eval"))
         (tmp / "stats.json").write_text(json.dumps(prepared.stats_dict(), indent=2))
@@ -270,7 +273,7 @@ def store(run: Any, max_length: int, folder: Path | None, prepared: Any, meta: d
     if folder is None or not write or folder.exists():
         return
     try:
-        save_cached(folder, prepared, meta)
+        save_cached(folder, prepared, meta, run.data.num_proc)
         record_lineage(run, max_length, folder)
     except OSError as error:
         log.warning("data: cache not written (%s: %s); set FT_DATA_CACHE to a writable folder or data.cache=false",
