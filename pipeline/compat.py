@@ -126,6 +126,22 @@ def load_trained_adapter_before_resume(model: Any, checkpoint: Path) -> None:
     set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
 
 
+@functools.cache
+def load_onto_numbered_cpus() -> None:
+    """Several processes on CPUs: transformers resumes their optimizer state with `map_location=args.device`, which is
+    `cpu:<rank>` there, and torch's deserializer knows only "cpu" (a traceback on every resume). A deserializer of
+    its own for "cpu:N" keeps the storage on the CPU (torch.serialization.register_package, torch's public hook)."""
+    import torch.serialization
+
+    def tag(storage: Any) -> None:  # saving is torch's own business
+        return None
+
+    def restore(storage: Any, location: str) -> Any:
+        return storage if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(101, tag, restore)  # a priority torch's own (10 to 26) leave free
+
+
 def unsloth_16bit_name(name: str) -> str | None:
     """The 16-bit checkpoint Unsloth's own loader takes for a pre-quantized repo name when asked for 16 bits
     (`load_in_4bit=False` in `loader_utils.__get_model_name`: its INT_TO_FLOAT_MAPPER, then MAP_TO_UNSLOTH_16bit);

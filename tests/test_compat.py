@@ -188,3 +188,25 @@ def test_only_a_single_job_without_a_logger_hides_wandb_and_16_bit_hf_hides_bits
     assert unused("logger=none", "backend=hf", "quantization=none", single_job=False) == []  # a sweep's process
     assert unused("logger=wandb", "backend=hf", "quantization=nf4") == []
     assert unused("logger=none", "backend=unsloth", "quantization=none") == ["wandb"]  # Unsloth imports it itself
+
+
+def test_a_checkpoint_loads_onto_a_numbered_cpu(tmp_path: Path) -> None:
+    """transformers resumes a launch's optimizer state with map_location=args.device, `cpu:<rank>` on CPUs, which
+    torch cannot place until `load_onto_numbered_cpus` registers it (in a process of its own: it stays registered)."""
+    import subprocess
+
+    script = f"""
+import torch
+from pipeline.compat import load_onto_numbered_cpus
+torch.save({{"exp_avg": torch.ones(3)}}, {str(tmp_path / "optimizer.pt")!r})
+try:
+    torch.load({str(tmp_path / "optimizer.pt")!r}, map_location=torch.device("cpu", 1), weights_only=True)
+    print("loaded before")
+except RuntimeError as error:
+    print("refused before:", "cpu:1" in str(error))
+load_onto_numbered_cpus()
+state = torch.load({str(tmp_path / "optimizer.pt")!r}, map_location=torch.device("cpu", 1), weights_only=True)
+print("after:", state["exp_avg"].device.type, state["exp_avg"].tolist())
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines() == ["refused before: True", "after: cpu [1.0, 1.0, 1.0]"], result.stderr[-2000:]

@@ -163,3 +163,60 @@ def test_ctrl_c_stops_the_processes_gracefully(tmp_path: Path) -> None:
                     f"hydra.run.dir={run_dir}"], said
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert list((run_dir / "checkpoints").glob("checkpoint-*/adapter_model.safetensors"))
+
+
+def test_a_stream_under_two_processes_trains_like_one(tmp_path: Path) -> None:
+    """data.streaming under a launch: rank 0 reads and prepares the stream, accelerate deals each global batch out
+    (its dispatcher, the default for an IterableDataset), so 2 processes of batch 2 train on the samples of 1 process
+    of batch 4, and the stream's position is the same."""
+    home = tmp_path / "home"
+    home.mkdir()
+    stream = ("data.streaming=true", "data.streaming_chunk=20", "trainer.max_steps=6")
+    runs = {}
+    for name, extra in (("one", ["trainer.per_device_train_batch_size=4"]),
+                        ("two", ["trainer.per_device_train_batch_size=2", "distributed.processes=2"])):
+        result = subprocess.run([sys.executable, "-m", "pipeline.train", *COMMON[:-3], "trainer.logging_steps=1",
+                                 *stream, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=REPO,
+                                env=offline_env(home), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = (losses(tmp_path / name), json.loads((tmp_path / name / "summary.json").read_text()))
+    (expected, one), (got, two) = runs["one"], runs["two"]
+    assert [(s, e) for s, e, _ in got] == [(s, e) for s, e, _ in expected] and len(got) == 6
+    assert max(abs(a - b) for (*_, a), (*_, b) in zip(expected, got, strict=True)) < 1e-5, (expected, got)
+    assert two["processes"] == 2 and two["data_stream"] == one["data_stream"]
+    assert two["data_stream"]["samples"] == 6 * 4
+
+
+def test_a_killed_stream_under_two_processes_resumes_at_its_sample(tmp_path: Path) -> None:
+    """Every process killed after a checkpoint (a node lost); resume=auto on the same launch gives the uninterrupted
+    launch's adapter bit for bit (rank 0 reads the stream from its saved position; the optimizer state loads onto
+    each process's CPU)."""
+    import psutil
+    import torch
+    from safetensors.torch import load_file
+    from test_resume import wait_for_checkpoint
+
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = [sys.executable, "-m", "pipeline.train", *COMMON[:-3], "trainer.logging_steps=1", "data.streaming=true",
+                "data.streaming_chunk=20", "trainer.max_steps=40", "trainer.save_steps=8",
+                "trainer.per_device_train_batch_size=2", "trainer.save_total_limit=null", "distributed.processes=2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = subprocess.run([*settings, f"hydra.run.dir={whole}"], cwd=REPO, env=offline_env(home),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    proc = subprocess.Popen([*settings, f"hydra.run.dir={killed}"], cwd=REPO, env=offline_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(killed, 8, proc)
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        process.kill()
+    proc.wait(timeout=60)
+    result = subprocess.run([*settings, "resume=auto", f"hydra.run.dir={killed}"], cwd=REPO, env=offline_env(home),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"] is not None
+    assert summary["data_stream"] == json.loads((whole / "summary.json").read_text())["data_stream"]
+    expected, got = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (whole, killed))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

@@ -238,8 +238,10 @@ def train(trainer: Any, point: Any, summary: dict, stream: Any = None) -> None:
         trainer.state.global_step = point.step
         return
     if checkpoint:
-        from pipeline.compat import load_trained_adapter_before_resume
+        from pipeline.compat import load_onto_numbered_cpus, load_trained_adapter_before_resume
 
+        if trainer.args.world_size > 1 and trainer.args.device.type == "cpu":
+            load_onto_numbered_cpus()  # the optimizer state is loaded onto cpu:<rank>
         load_trained_adapter_before_resume(trainer.model, point.checkpoint)
         if stream is not None:
             from pipeline.train.stream_position import resume_at
