@@ -103,24 +103,31 @@ def test_processes_that_disagree_with_the_launcher_are_refused(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
-def test_a_process_killed_mid_run_is_named(tmp_path: Path) -> None:
-    """SIGKILL (the out-of-memory killer) takes rank 1 during training: rank 0 loses its peer and says so, the
-    command names the killed process; one line each, exit 1, a failed summary."""
-    import signal
+def a_long_launch_training(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
+    """`distributed.processes=2` on a long run, returned once its first step is logged (training has begun)."""
     import time
-
-    import psutil
 
     home = tmp_path / "home"
     home.mkdir()
-    run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", *COMMON[:-3], "trainer.max_steps=5000",
                              "distributed.processes=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=offline_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 180
     while not (metrics.is_file() and metrics.stat().st_size) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)  # training has begun once the first step is logged
+        time.sleep(0.5)
+    return proc
+
+
+def test_a_process_killed_mid_run_is_named(tmp_path: Path) -> None:
+    """SIGKILL (the out-of-memory killer) takes rank 1 during training: rank 0 loses its peer and says so, the
+    command names the killed process; one line each, exit 1, a failed summary."""
+    import signal
+
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = a_long_launch_training(tmp_path, run_dir)
     rank_one = [child for child in psutil.Process(proc.pid).children() if child.environ().get("RANK") == "1"]
     assert len(rank_one) == 1
     rank_one[0].send_signal(signal.SIGKILL)
@@ -142,18 +149,9 @@ def test_ctrl_c_stops_the_processes_gracefully(tmp_path: Path) -> None:
     """Ctrl-C reaches the command (its processes run in sessions of their own): it is passed on once, every process
     stops after a checkpoint, rank 0 says so, and the exit code is 130."""
     import signal
-    import time
 
-    home = tmp_path / "home"
-    home.mkdir()
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", *COMMON[:-3], "trainer.max_steps=5000",
-                             "distributed.processes=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=offline_env(home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 180
-    while not (metrics.is_file() and metrics.stat().st_size) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    proc = a_long_launch_training(tmp_path, run_dir)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=180)
 
