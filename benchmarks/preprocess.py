@@ -9,7 +9,9 @@ the seconds of its data step alone (imports and model loading excluded):
   length policy, statistics, cache write);
 - TRL: `SFTTrainer`'s own `_prepare_dataset` on the same rows (timed inside the trainer the way SFTTrainer runs it),
   with as many processes as ours uses (`dataset_num_proc`).
-Each side's peak memory is its process's peak RSS plus that of its largest worker process.
+Each side's peak memory is its process's peak RSS plus that of its largest worker process; beside it, the same sum
+for anonymous memory alone (RssAnon, sampled every 20 ms), since RSS also counts the pages of files read through a
+memory map, which the kernel can drop.
 It prints the time ratio (goal: at most 1.0x) and the memory ratio (goal: at most 1.0x), the time of our second run
 served from the cache against the first (goal: at most 0.1x; the key needs no reading, so no source is read), the fill
 ratio of TRL's packing (best-fit decreasing) on our prepared rows at the quickstart's limit (goal: 97% of tokens real).
@@ -69,6 +71,7 @@ def ours(source: Path) -> dict:
     run = run_config(source)
     tokenizer = AutoTokenizer.from_pretrained(run.model.name, model_max_length=run.model.max_seq_length)
     sources.quiet_progress_bars()
+    anonymous = AnonymousPeak()
     started = time.perf_counter()
     raw = read_data(run)  # as `train` runs it: a cache hit (keyed on the inputs) reads no source
     if isinstance(raw, Cached):
@@ -77,8 +80,43 @@ def ours(source: Path) -> dict:
         prepared = prepare.prepare(formats.build(run.data, tokenizer, run.seed, raw), tokenizer, run)
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()  # before packing, which is not part of the data step
-    return {"seconds": seconds, "rss_mb": peak, "from_cache": prepared.from_cache,
+    return {"seconds": seconds, "rss_mb": peak, "anon_mb": anonymous.stop(), "from_cache": prepared.from_cache,
             "fill": packing_fill(prepared.train, run)}
+
+
+class AnonymousPeak:
+    """The peak of anonymous memory (RssAnon: what RSS holds apart from pages of files, which the kernel can drop),
+    this process's plus its largest worker's, sampled every 20 ms while the data step runs."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self.running = 0.0, True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while self.running:
+            pids = [me.pid] + [child.pid for child in me.children(recursive=True)]
+            anon = [anonymous_mb(pid) for pid in pids]
+            self.peak = max(self.peak, anon[0] + max(anon[1:], default=0.0))
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def anonymous_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:")) / 1024
+    except (OSError, StopIteration):  # a worker that just ended
+        return 0.0
 
 
 def peak_rss_mb() -> float:
@@ -115,6 +153,7 @@ def theirs(source: Path) -> dict:
             spent.append(time.perf_counter() - started)
 
     SFTTrainer._prepare_dataset = timed_prepare
+    anonymous = AnonymousPeak()
     started = time.perf_counter()
     dataset = load_dataset("json", data_files=str(source), split="train")  # reading is part of the data step
     loading = time.perf_counter() - started
@@ -123,7 +162,7 @@ def theirs(source: Path) -> dict:
     args = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=run.model.max_seq_length, assistant_only_loss=True,
                      report_to="none", dataset_num_proc=processes(run.data.num_proc, len(dataset)), bf16=False)
     SFTTrainer(model=model, processing_class=tokenizer, args=args, train_dataset=dataset)
-    return {"seconds": loading + sum(spent), "rss_mb": peak_rss_mb()}
+    return {"seconds": loading + sum(spent), "rss_mb": peak_rss_mb(), "anon_mb": anonymous.stop()}
 
 
 def measure(side: str, source: Path, scratch: Path, keep_cache: bool = False) -> dict:
@@ -152,15 +191,17 @@ def main() -> None:
         write_chats(source, args.rows)
         times: dict[str, list[float]] = {"ours": [], "theirs": []}
         memory: dict[str, list[float]] = {"ours": [], "theirs": []}
+        anonymous: dict[str, list[float]] = {"ours": [], "theirs": []}
         fill = None
         for round_ in range(args.rounds):
             for side in ("ours", "theirs"):
                 result = measure(side, source, scratch)
                 times[side].append(result["seconds"])
                 memory[side].append(result["rss_mb"])
+                anonymous[side].append(result["anon_mb"])
                 fill = result.get("fill", fill)
-                print(f"  round {round_ + 1} {side}: {result['seconds']:.2f} s, peak {result['rss_mb']:.0f} MiB",
-                      flush=True)
+                print(f"  round {round_ + 1} {side}: {result['seconds']:.2f} s, peak {result['rss_mb']:.0f} MiB "
+                      f"(anonymous {result['anon_mb']:.0f} MiB)", flush=True)
         measure("ours", source, scratch, keep_cache=True)  # fills the cache
         cached = statistics.median(measure("ours", source, scratch, keep_cache=True)["seconds"]
                                    for _ in range(args.rounds))
@@ -169,6 +210,9 @@ def main() -> None:
     ours_mb, theirs_mb = statistics.median(memory["ours"]), statistics.median(memory["theirs"])
     print(f"ours {ours_s:.2f} s, TRL's SFTTrainer preparation {theirs_s:.2f} s: {ours_s / theirs_s:.2f}x the time")
     print(f"peak memory: ours {ours_mb:.0f} MiB, TRL's {theirs_mb:.0f} MiB: {ours_mb / theirs_mb:.2f}x")
+    ours_anon, theirs_anon = statistics.median(anonymous["ours"]), statistics.median(anonymous["theirs"])
+    print(f"of it anonymous (not pages of files): ours {ours_anon:.0f} MiB, TRL's {theirs_anon:.0f} MiB: "
+          f"{ours_anon / theirs_anon:.2f}x")
     print(f"ours served from the cache: {cached:.2f} s, {cached / ours_s:.3f}x the time of preparing (goal: 0.1x)")
     print(f"packing (TRL, best-fit decreasing) on our rows: {100 * fill:.1f}% of tokens are real")
 

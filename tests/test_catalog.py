@@ -36,6 +36,7 @@ MESSAGES_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assis
 PROGRESS_BAR = re.compile(r"\d+%\||it/s\]|s/it\]|^\s*(\x1b\[A)?\s*$")
 OUR_LOG_LINE = re.compile(r"^\[[^\]]+\]\[(pipeline[\w.]*|HYDRA)\]")
 NOT_HYDRA = {"pipeline.summarize"}  # a plain command line: no hydra.run.dir added
+RESTORE = "Restore it from a copy, or train the run again."  # what a damaged file of a finished run asks
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Case:
     setup: str | None = None       # "completed", "locked", "resumable", "finished", "tmpfs:<size>", "ro", "sigterm",
                                    # "sigint"; two joined by "+" ("finished+sigint")
     damage: str | None = None      # with setup "finished": what is done to the copy first (DAMAGES)
+    ends: str = ""                 # the error line ends with this (its fix, after a middle that varies)
     multirun: bool = False
     says: str = ""                 # a line our own log must also print (stdout)
     summary: tuple[tuple[str, object], ...] = ()  # values summary.json must hold
@@ -426,19 +428,19 @@ CASES = [
     # --- a finished run, damaged or gone: one line naming the file and what to do ------------------------------------
     Case("export: adapter_config.json cut short", ("run={run}",),
          "error: run: {run}/adapter/adapter_config.json is damaged (not valid JSON", command="pipeline.export",
-         setup="finished", damage="adapter config cut"),
+         setup="finished", damage="adapter config cut", ends=RESTORE),
     Case("export: adapter weights deleted", ("run={run}",), "error: run: {run}/adapter/adapter_model.safetensors is "
          "missing: the run's adapter has no weights. Restore it from a copy, or train the run again.",
          command="pipeline.export", setup="finished", damage="weights deleted"),
     Case("export: adapter weights cut short", ("run={run}",),
          "error: run: {run}/adapter/adapter_model.safetensors is damaged", command="pipeline.export", setup="finished",
-         damage="weights cut"),
+         damage="weights cut", ends=RESTORE),
     Case("export: summary.json cut short", ("run={run}",), "error: run: {run}/summary.json is damaged (not valid JSON",
-         command="pipeline.export", setup="finished", damage="summary cut"),
+         command="pipeline.export", setup="finished", damage="summary cut", ends=RESTORE),
     Case("export: summary.json binary", ("run={run}",), "error: run: {run}/summary.json is damaged (not valid JSON",
-         command="pipeline.export", setup="finished", damage="summary binary"),
+         command="pipeline.export", setup="finished", damage="summary binary", ends=RESTORE),
     Case("export: config.resolved.yaml not YAML", ("run={run}",), "error: run: {run}/config.resolved.yaml is damaged",
-         command="pipeline.export", setup="finished", damage="config not YAML"),
+         command="pipeline.export", setup="finished", damage="config not YAML", ends=RESTORE),
     Case("export: the base model gone", ("run={run}",), "error: run: the run's base model /no/such/model is not there "
          "(model.name in {run}/config.resolved.yaml). Put the base model back there, or correct model.name in that "
          "file.", command="pipeline.export", setup="finished", damage="base model gone"),
@@ -530,6 +532,7 @@ def test_catalog(case: Case, tmp_path: Path, home: Path, request: pytest.Fixture
         lines = [line for line in re.split(r"[\r\n]", stderr) if not PROGRESS_BAR.search(line)]
         assert len(lines) == case.lines, stderr[-3000:]
         assert lines[0 if case.lines == 1 else -case.lines].startswith(expected), lines
+        assert lines[0].endswith(fill(case.ends)), lines
         if case.lines > 1:  # a sweep: each failed job has its own error line
             assert all(" error: " in line for line in lines[-case.lines + 1:]), lines
         if not any(part.startswith(("tmpfs", "sig")) for part in setups(case)):

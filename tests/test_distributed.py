@@ -78,10 +78,10 @@ def test_the_command_starts_its_own_processes(tmp_path: Path) -> None:
     the one torchrun would give, and nothing but the run's own lines reaches the terminal."""
     home = tmp_path / "home"
     home.mkdir()
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run,1 of Bob's"  # reaches the processes as one value, neither a sweep nor a parse error
     result = subprocess.run([sys.executable, "-m", "pipeline.train", *COMMON, "trainer.per_device_train_batch_size=2",
-                             "distributed.processes=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=offline_env(home),
-                            capture_output=True, text=True, timeout=300)
+                             "distributed.processes=2", f'hydra.run.dir="{run_dir}"'], cwd=REPO,
+                            env=offline_env(home), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["processes"] == 2 and summary["effective_batch_size"] == 8
@@ -218,3 +218,43 @@ def test_a_killed_stream_under_two_processes_resumes_at_its_sample(tmp_path: Pat
     assert summary["data_stream"] == json.loads((whole / "summary.json").read_text())["data_stream"]
     expected, got = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (whole, killed))
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def failure(rank: int, exitcode: int, at: int) -> object:
+    """torch's record of a failed process, seen `at` seconds into the launch."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    recorded = ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file="<N/A>")
+    recorded.timestamp = at
+    return recorded
+
+
+@pytest.mark.parametrize(("failures", "expected"), [
+    ({0: (2, 0), 1: (-9, 30)}, 2),        # rank 0's mistake; rank 1, stuck in a collective, killed after 30 s
+    ({0: (2, 0), 1: (2, 0)}, 2),          # both found it; rank 0's code
+    ({1: (1, 0), 0: (143, 1)}, 1),        # rank 1 failed first; rank 0 stopped by the launcher afterwards
+    ({0: (-15, 0)}, 1),                   # stopped by SIGTERM without a word: a failure
+    ({1: (-9, 0), 0: (1, 0)}, "rank 1 was killed by SIGKILL"),  # the system killed rank 1; rank 0 lost its peer
+    ({1: (-9, 0), 0: (-9, 30)}, "rank 1 was killed by SIGKILL"),  # ... and rank 0 hung until the launcher's SIGKILL
+], ids=["mistake", "both", "rank-1-first", "sigterm", "killed", "killed-then-hung"])
+def test_the_exit_code_is_the_first_failures(failures: dict, expected: int | str) -> None:
+    from pipeline.cli.processes import exit_code
+    from pipeline.errors import RunFailed
+
+    recorded = {rank: failure(rank, code, at) for rank, (code, at) in failures.items()}
+    if isinstance(expected, int):
+        assert exit_code(recorded) == expected
+    else:
+        with pytest.raises(RunFailed, match=expected):
+            exit_code(recorded)
+
+
+@pytest.mark.parametrize("path", ["/runs/a,b", "/runs/x=y", "/runs/[a]", "/runs/it's", "/runs/back\\slash",
+                                  "/runs/end\\", "/runs/a\\'b", "/runs/a b"])
+def test_the_run_directory_reaches_the_processes_as_one_value(path: str) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pipeline.cli.processes import quoted
+
+    override = OverridesParser.create().parse_override(f"hydra.run.dir={quoted(path)}")
+    assert not override.is_sweep_override() and override.value() == path

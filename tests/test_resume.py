@@ -311,3 +311,21 @@ def test_slurm_preemption_saves_a_checkpoint_before_the_scheduler_requeues(tmp_p
     summary = summary_of(run_dir)
     assert summary["status"] == "interrupted" and 10 <= summary["global_step"] < STEPS
     assert is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{summary['global_step']}")
+
+
+def test_who_starts_the_processes_may_change_on_resume() -> None:
+    """A run from before distributed.processes existed (no such key), or one started under torchrun and resumed with
+    distributed.processes=2: the same training, so resumable; a changed LoRA rank beside it is still refused."""
+    from conftest import compose
+
+    from pipeline.config import to_runconfig
+    from pipeline.config.resolved import to_plain_dict
+    from pipeline.errors import ConfigError
+    from pipeline.train.resume import check_same_training
+
+    saved = to_plain_dict(to_runconfig(compose("experiment=quickstart")))
+    del saved["distributed"]["processes"]
+    check_same_training(saved, to_plain_dict(to_runconfig(compose("experiment=quickstart", "distributed.processes=2"))))
+    with pytest.raises(ConfigError, match=r"lora.r \(16 -> 8\)$|lora.r \(16 -> 8\)\."):
+        check_same_training(saved, to_plain_dict(to_runconfig(compose("experiment=quickstart", "lora.r=8",
+                                                                      "distributed.processes=2"))))

@@ -24,9 +24,11 @@ def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
     precision = resolve_precision(run.config.model.dtype, "hf")
     if settings.source == "merged_16bit":
         dtype = torch.float32 if precision.device == "cpu" else precision.dtype  # CPUs compute in float32
+        from safetensors import SafetensorError
+
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map(precision))
-        except Exception as error:  # noqa: BLE001 - a cut or edited weights file: transformers' and safetensors' own
+        except (SafetensorError, OSError, ValueError, KeyError) as error:  # cut or edited files (not the GPU's memory)
             raise ConfigError("generate.source", f"the merged export in {path} is damaged ({first_line(error)})",
                               f"write it again: python -m pipeline.export run={run.path}") from error
         return model.eval(), AutoTokenizer.from_pretrained(path)

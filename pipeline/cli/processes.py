@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 from pipeline.config.context import RunContext
 from pipeline.config.launch import world_size
-from pipeline.errors import ConfigError, RunFailed
+from pipeline.errors import ConfigError, RunFailed, first_line
 
 GRACEFUL_STOP_S = 600  # Ctrl-C or SIGTERM: how long the processes get to save their checkpoint before being killed
 
@@ -50,25 +51,47 @@ def start(run: Any, context: RunContext, argv: list[str]) -> None:
     if gpus and processes > gpus:
         raise ConfigError("distributed.processes", f"{processes}, and this machine has {gpus} GPUs (one each)",
                           f"give distributed.processes={gpus} or fewer")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several processes: no oversubscribed CPUs
+    # torchrun's 1 thread each with GPUs; on CPUs alone the processes compute on them: the cores shared out
+    os.environ.setdefault("OMP_NUM_THREADS", str(1 if gpus else max(1, (os.cpu_count() or 1) // processes)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           shutdown_timeout=GRACEFUL_STOP_S,
                           monitor_interval=1.0)  # a process that loses its peer has a second to say so first
-    arguments = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={context.run_dir}"]
+    arguments = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted(context.run_dir)}"]
     logging.disable(logging.ERROR)  # the launcher's own lines ("failed (exitcode: 2) ..."): rank 0 says what happened
     try:
         elastic_launch(config, sys.executable)("-m", "pipeline.train", *arguments)
     except ChildFailedError as failed:
-        killed = sorted((rank, failure) for rank, failure in failed.failures.items() if failure.exitcode < 0)
-        if killed:  # by a signal it could not handle (SIGKILL: often the system out of memory), so it said nothing
-            rank, failure = killed[0]
-            raise RunFailed("distributed.processes", f"the process of rank {rank} was killed by "
-                            f"{failure.signal_name()} before it could say why",
-                            "look for the system running out of memory (dmesg), or run fewer processes") from None
-        # each process said why in one line (rank 0 first): 2 a mistake, 1 a failed run, 130 / 143 a stop
-        sys.exit(failed.failures[0].exitcode if 0 in failed.failures else failed.get_first_failure()[1].exitcode)
+        sys.exit(exit_code(failed.failures))
     except SignalException as stop:  # passed on to the processes, which stopped gracefully and said so
         sys.exit(128 + signal.Signals(stop.sigval).value)
+    except Exception as error:  # noqa: BLE001 - the launcher itself (its rendezvous, a port): not the run
+        raise RunFailed("distributed.processes", f"torch's launcher could not start the processes "
+                        f"({first_line(error)})", "run them under torchrun --standalone --nproc_per_node N") from None
     finally:
         logging.disable(logging.NOTSET)
+
+
+def exit_code(failures: dict[int, Any]) -> int:
+    """The exit code of the failure that came first. The launcher stops the other processes once one fails (SIGTERM,
+    then SIGKILL after its timeout) and records those too, later: only the first seen (to the second) count. A
+    process among them that a signal killed (SIGKILL: often the system out of memory) said nothing: it is named."""
+    first = min(failure.timestamp for failure in failures.values())
+    firsts = {rank: failure for rank, failure in sorted(failures.items()) if failure.timestamp == first}
+    killed = [(rank, failure) for rank, failure in firsts.items()
+              if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM]
+    if killed:
+        rank, failure = killed[0]
+        raise RunFailed("distributed.processes", f"the process of rank {rank} was killed by {failure.signal_name()} "
+                        "before it could say why",
+                        "look for the system running out of memory (dmesg), or run fewer processes")
+    # each process said why in one line (rank 0 first): 2 a mistake, 1 a failed run, 130 / 143 a stop
+    codes = [failure.exitcode for failure in firsts.values() if failure.exitcode > 0]
+    return firsts[0].exitcode if 0 in firsts and firsts[0].exitcode > 0 else (codes[0] if codes else 1)
+
+
+def quoted(path: Any) -> str:
+    """A path as one quoted Hydra value (unquoted, a comma makes a sweep, '=' or brackets a parse error). Hydra reads
+    backslashes as escapes only before a quote or the closing quote: those are doubled, and quotes escaped."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(path))
+    return f"'{escaped}'"

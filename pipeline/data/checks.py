@@ -83,7 +83,7 @@ def check_rows(dataset: Any, fmt: str, key: str = "data.source") -> None:
                 elif isinstance(value, bool) or not isinstance(value, int | float):
                     raise ConfigError(key, f"sample {start + offset}: '{column}' is {kind_of(value)}, not text",
                                       "write it as a string (a sample for each answer, not a list of them)")
-    for column, samples in empty.items():
+    for column, samples in sorted(empty.items(), key=lambda item: item[1][0]):  # the first sample's column first
         refuse_empty(samples, f"an empty '{column}'", len(dataset), key, "fill in each one, or remove those samples")
 
 

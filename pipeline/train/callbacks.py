@@ -136,13 +136,22 @@ class TokenCounter(TrainerCallback):
 
 def all_ranks_sum(values: list[int]) -> list[int]:
     """`values` summed over the processes of a launch (itself when there is one)."""
+    return _all_ranks(values, "SUM")
+
+
+def all_ranks_max(value: int) -> int:
+    """The largest of `value` over the processes of a launch (itself when there is one)."""
+    return _all_ranks([value], "MAX")[0]
+
+
+def _all_ranks(values: list[int], op: str) -> list[int]:
     import torch
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
     on_gpu = torch.distributed.get_backend() == "nccl"
     tensor = torch.tensor(values, device=f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu")
-    torch.distributed.all_reduce(tensor)
+    torch.distributed.all_reduce(tensor, op=getattr(torch.distributed.ReduceOp, op))
     return [int(v) for v in tensor.tolist()]
 
 
@@ -178,7 +187,11 @@ class GracefulStop(TrainerCallback):
                     signal.Signals(signum).name)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.signal is not None:
+        # under a launch the signal reaches the processes one by one: they agree to stop after the same step (one
+        # stopping a step early would leave the others waiting in the next step's collective)
+        agreed = all_ranks_max(self.signal or 0)
+        if agreed:
+            self.signal = self.signal or agreed
             control.should_save = True
             control.should_training_stop = True
 

@@ -61,7 +61,9 @@ def quant_storage(dist: Any, compute_dtype: Any) -> dict[str, Any]:
     return {"bnb_4bit_quant_storage": compute_dtype} if dist.strategy == "fsdp" else {}
 
 
-LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket Timeout")
+# what gloo and NCCL say when a process of the launch is gone (not a timeout: a stalled peer is not a stopped one)
+LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited",
+             "ncclRemoteError")
 
 
 def lost_peer(error: BaseException, world_size: int) -> ConfigError | None:

@@ -14,11 +14,13 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.outputs.rundir import RunDirectory, is_complete_checkpoint
 
-# keys a resumed run may change: how often it logs, evaluates and saves, how long it goes on, where it logs, and the
-# evaluation after training (it reads the saved adapter, never the training)
+# keys a resumed run may change: how often it logs, evaluates and saves, how long it goes on, where it logs, the
+# evaluation after training (it reads the saved adapter, never the training), and who starts the processes (the
+# command itself or torchrun: the same processes; runs from before distributed.processes existed have none)
 SAFE_TO_CHANGE = ("trainer.max_steps", "trainer.num_train_epochs", "trainer.save_steps", "trainer.eval_steps",
                   "trainer.logging_steps", "trainer.save_total_limit", "trainer.per_device_eval_batch_size",
-                  "logger.", "eval.", "name", "resume", "objective", "data.cache", "data.preview_samples")
+                  "logger.", "eval.", "name", "resume", "objective", "data.cache", "data.preview_samples",
+                  "distributed.processes")
 
 
 @dataclass(frozen=True)
