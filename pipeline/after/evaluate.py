@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pipeline.after import generate, reference
-from pipeline.after.finished import FinishedRun
+from pipeline.after.finished import FinishedRun, check_merged_export
 from pipeline.errors import ConfigError
 
 
@@ -136,8 +136,6 @@ def check_harness(run: FinishedRun, tasks: list[str]) -> Path | None:
     if not tasks:
         return None
     import importlib.util
-
-    from pipeline.after.generate import check_merged_export
 
     merged = run.path / "export" / "merged_16bit"
     check_merged_export(merged, run.path, "eval.lm_eval_tasks")  # lm-evaluation-harness runs on it

@@ -98,6 +98,16 @@ def check_adapter_files(adapter: Path) -> None:
         raise ConfigError("run", f"{weights} is damaged ({first_line(error)})", DAMAGED_FIX) from error
 
 
+def check_merged_export(path: Path, run_path: Path, key: str) -> None:
+    """The merged export is there, with its weights (not deleted or half-copied since `export` verified it)."""
+    if not (path / "config.json").is_file():
+        raise ConfigError(key, f"there is no merged export in {path}",
+                          f"write it first: python -m pipeline.export run={run_path}")
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(key, f"the merged export in {path} has no weights (model*.safetensors)",
+                          f"write it again: python -m pipeline.export run={run_path}")
+
+
 def load_adapter(base: Any, run: FinishedRun) -> Any:
     """The run's adapter on `base` (PEFT); one whose shapes do not fit the base (edited, or trained on another
     model) is named in one line."""

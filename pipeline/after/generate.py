@@ -4,10 +4,9 @@ export; prompts rendered with the run's own chat template, tokens streamed as th
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
-from pipeline.after.finished import FinishedRun, load_adapter
+from pipeline.after.finished import FinishedRun, check_merged_export, load_adapter
 from pipeline.errors import ConfigError, first_line
 
 
@@ -35,16 +34,6 @@ def load(run: FinishedRun, settings: Any) -> tuple[Any, Any]:
 
     return load_adapter(load_base(run, settings.base, precision), run), \
         AutoTokenizer.from_pretrained(run.adapter)
-
-
-def check_merged_export(path: Path, run_path: Path, key: str) -> None:
-    """The merged export is there, with its weights (not deleted or half-copied since `export` verified it)."""
-    if not (path / "config.json").is_file():
-        raise ConfigError(key, f"there is no merged export in {path}",
-                          f"write it first: python -m pipeline.export run={run_path}")
-    if not any(path.glob("*.safetensors")):
-        raise ConfigError(key, f"the merged export in {path} has no weights (model*.safetensors)",
-                          f"write it again: python -m pipeline.export run={run_path}")
 
 
 def load_base(run: FinishedRun, base: str, precision: Any) -> Any:

@@ -141,7 +141,7 @@ def check_roles(conversations: list, key: str = "data.source", column: str = "me
                 if isinstance(content, str) and not content.strip() and not turn.get("tool_calls"):
                     if empty is None:
                         refuse_empty([index], EMPTY_ANSWER, 1, key, EMPTY_ANSWER_FIX)
-                    if not empty or empty[-1] != index:
+                    if empty[-1:] != [index]:  # a sample counts once, however many empty answers it has
                         empty.append(index)
                 turn_trained(turn, f"sample {index}", key)
 

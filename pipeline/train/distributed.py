@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunFailed
 
 ONE_PROCESS_FIX = ("start several: distributed.processes=N, or torchrun --nproc_per_node N -m pipeline.train ... "
                    "(accelerate launch --cpu starts one process whatever --num_processes says), or distributed=none")
@@ -69,8 +69,6 @@ LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pi
 def lost_peer(error: BaseException, world_size: int) -> ConfigError | None:
     """A collective that failed because another process of the launch is gone (killed, or stopped by its own error):
     one line saying so, instead of gloo's or NCCL's traceback; that process's own output says why."""
-    from pipeline.errors import RunFailed
-
     sign = next((sign for sign in LOST_PEER if sign in str(error)), None)
     if world_size == 1 or sign is None:
         return None
